@@ -1,0 +1,65 @@
+"""The plugin contract of m3fm: hook specifications, spec types, discovery and lookup.
+
+Third-party packages import from here only::
+
+    from m3fm.registry import hookimpl, LanguageSpec
+
+This package is the bottom layer: it imports nothing from the engine.
+"""
+
+from .errors import (
+    DataFormatError,
+    InputError,
+    M3fmError,
+    NotAvailableError,
+    PluginConflictError,
+    UnknownNameError,
+    UsageError,
+)
+from .hookspecs import hookimpl, hookspec
+from .manager import (
+    ENTRY_POINT_GROUP,
+    KINDS,
+    PLUGIN_API_VERSION,
+    PluginInfo,
+    PluginRegistry,
+    Provided,
+    get_registry,
+    reset_registry,
+)
+from .specs import (
+    DatasetSpec,
+    EncoderOptions,
+    LanguageSpec,
+    ModalitySpec,
+    ReadResult,
+    Record,
+    RowProblem,
+)
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "KINDS",
+    "PLUGIN_API_VERSION",
+    "DataFormatError",
+    "DatasetSpec",
+    "EncoderOptions",
+    "InputError",
+    "LanguageSpec",
+    "M3fmError",
+    "ModalitySpec",
+    "NotAvailableError",
+    "PluginConflictError",
+    "PluginInfo",
+    "PluginRegistry",
+    "Provided",
+    "ReadResult",
+    "Record",
+    "RowProblem",
+    "UnknownNameError",
+    "UsageError",
+    "get_registry",
+    "hookimpl",
+    "hookspec",
+    "reset_registry",
+]

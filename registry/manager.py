@@ -1,0 +1,224 @@
+"""Finding, loading and resolving plugins.
+
+Plugins are discovered through the ``m3fm`` entry-point group — the built-in ones too, so they
+travel the same path as any third-party package.  Every plugin is loaded in isolation: one
+that fails to import, requires another plugin-API version, or raises from a hook is recorded
+with its error and skipped, so a broken package never takes the CLI down.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, Literal
+
+import pluggy
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+from . import hookspecs
+from .errors import PluginConflictError, UnknownNameError
+from .specs import DatasetSpec, LanguageSpec, ModalitySpec
+
+PLUGIN_API_VERSION = "1.0"
+"""Version of the plugin contract (hooks and spec types) this release implements."""
+
+ENTRY_POINT_GROUP = hookspecs.PROJECT
+
+Kind = Literal["modality", "language", "dataset"]
+
+
+@dataclass(frozen=True)
+class _KindInfo:
+    hook: str
+    spec_type: type
+    key: str  # attribute that holds the spec's name
+
+
+KINDS: dict[str, _KindInfo] = {
+    "modality": _KindInfo("m3fm_modalities", ModalitySpec, "name"),
+    "language": _KindInfo("m3fm_languages", LanguageSpec, "code"),
+    "dataset": _KindInfo("m3fm_datasets", DatasetSpec, "name"),
+}
+
+
+@dataclass
+class PluginInfo:
+    """One plugin as discovered: where it came from, whether it loaded, what it provides."""
+
+    name: str
+    module: str
+    package: str | None = None
+    version: str | None = None
+    status: Literal["ok", "failed", "incompatible"] = "ok"
+    error: str | None = None
+    provides: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        """``package version``, or the module path for plugins registered without a package."""
+        if self.package:
+            return f"{self.package} {self.version or ''}".strip()
+        return self.module
+
+
+@dataclass(frozen=True)
+class Provided:
+    """A spec together with the plugin that provides it."""
+
+    kind: str
+    name: str
+    spec: Any
+    plugin: PluginInfo
+
+
+class PluginRegistry:
+    """The plugins of one process and the specs they provide, looked up by name."""
+
+    def __init__(self) -> None:
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self._pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, PluginInfo] = {}
+        self._provided: dict[str, dict[str, list[Provided]]] = {kind: {} for kind in KINDS}
+
+    @classmethod
+    def discover(cls, group: str = ENTRY_POINT_GROUP) -> PluginRegistry:
+        """A registry holding every plugin advertised in the entry-point group."""
+        registry = cls()
+        for entry_point in sorted(entry_points(group=group), key=lambda ep: ep.name):
+            registry.add_entry_point(entry_point)
+        return registry
+
+    def add_entry_point(self, entry_point: EntryPoint) -> PluginInfo:
+        """Import an entry point's object and add it as a plugin; failures are recorded."""
+        dist = entry_point.dist
+        info = PluginInfo(
+            name=entry_point.name,
+            module=entry_point.value,
+            package=dist.name if dist else None,
+            version=dist.version if dist else None,
+        )
+        try:
+            plugin = entry_point.load()
+        except Exception as exc:  # any import-time failure of third-party code
+            return self._fail(info, f"import failed: {type(exc).__name__}: {exc}")
+        return self._add(plugin, info)
+
+    def add_plugin(self, plugin: object, name: str, package: str | None = None,
+                   version: str | None = None) -> PluginInfo:
+        """Add an already imported plugin object (for embedding m3fm in another program)."""
+        module = getattr(plugin, "__name__", type(plugin).__name__)
+        info = PluginInfo(name=name, module=module, package=package, version=version)
+        return self._add(plugin, info)
+
+    def _fail(self, info: PluginInfo, error: str, status: str = "failed") -> PluginInfo:
+        info.status, info.error = status, error  # type: ignore[assignment]
+        self.plugins[info.name] = info
+        return info
+
+    def _add(self, plugin: object, info: PluginInfo) -> PluginInfo:
+        if info.name in self.plugins:
+            return self._fail(info, f"another plugin is already registered as {info.name!r}")
+        required = getattr(plugin, "M3FM_API", None)
+        if required is not None:
+            try:
+                compatible = SpecifierSet(str(required)).contains(PLUGIN_API_VERSION)
+            except InvalidSpecifier:
+                return self._fail(info, f"M3FM_API = {required!r} is not a version specifier")
+            if not compatible:
+                return self._fail(
+                    info,
+                    f"requires m3fm plugin API {required}, this m3fm provides {PLUGIN_API_VERSION}",
+                    status="incompatible",
+                )
+        try:
+            self._pm.register(plugin, name=info.name)
+        except Exception as exc:  # pluggy validation of hook signatures
+            return self._fail(info, f"invalid hook implementation: {exc}")
+        try:
+            collected = {kind: self._collect(kind, info.name) for kind in KINDS}
+        except Exception as exc:  # a hook raised or returned the wrong thing
+            self._pm.unregister(name=info.name)
+            return self._fail(info, str(exc))
+        for kind, specs in collected.items():
+            if specs:
+                info.provides[kind] = [name for name, _ in specs]
+            for name, spec in specs:
+                self._provided[kind].setdefault(name, []).append(Provided(kind, name, spec, info))
+        self.plugins[info.name] = info
+        return info
+
+    def _collect(self, kind: str, plugin_name: str) -> list[tuple[str, Any]]:
+        meta = KINDS[kind]
+        impls = [
+            impl for impl in getattr(self._pm.hook, meta.hook).get_hookimpls()
+            if impl.plugin_name == plugin_name
+        ]
+        collected = []
+        for impl in impls:
+            try:
+                result = impl.function()
+            except Exception as exc:
+                raise RuntimeError(f"{meta.hook}() raised {type(exc).__name__}: {exc}") from exc
+            if not isinstance(result, list | tuple) or not all(
+                isinstance(spec, meta.spec_type) for spec in result
+            ):
+                raise TypeError(
+                    f"{meta.hook}() must return a list of {meta.spec_type.__name__}, "
+                    f"got {result!r:.80}"
+                )
+            collected += [(getattr(spec, meta.key), spec) for spec in result]
+        return collected
+
+    def providers(self, kind: str, name: str) -> list[Provided]:
+        """Every plugin that provides `name` of this kind (more than one means a conflict)."""
+        return list(self._provided[kind].get(name, []))
+
+    def names(self, kind: str) -> list[str]:
+        """Names of this kind that plugins provide, sorted."""
+        return sorted(self._provided[kind])
+
+    def get(self, kind: str, name: str) -> Any:
+        """The spec of this kind and name; raises a clear error if unknown or ambiguous."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {sorted(KINDS)}, not {kind!r}")
+        providers = self._provided[kind].get(name)
+        if not providers:
+            raise UnknownNameError(kind, name, self.names(kind))
+        if len(providers) > 1:
+            raise PluginConflictError(
+                kind, name, [f"{p.plugin.name} ({p.plugin.source})" for p in providers]
+            )
+        return providers[0].spec
+
+    def modality(self, name: str) -> ModalitySpec:
+        """The modality spec registered as `name`."""
+        return self.get("modality", name)
+
+    def language(self, code: str) -> LanguageSpec:
+        """The language spec registered as `code`."""
+        return self.get("language", code)
+
+    def dataset(self, name: str) -> DatasetSpec:
+        """The dataset-format spec registered as `name`."""
+        return self.get("dataset", name)
+
+    def all_provided(self) -> list[Provided]:
+        """Every (kind, name, spec, plugin) entry, sorted by kind then name."""
+        return [
+            provided
+            for kind in KINDS
+            for name in self.names(kind)
+            for provided in self._provided[kind][name]
+        ]
+
+
+@functools.cache
+def get_registry() -> PluginRegistry:
+    """The process-wide registry, discovered on first use."""
+    return PluginRegistry.discover()
+
+
+def reset_registry() -> None:
+    """Forget the process-wide registry so the next call rediscovers (after installing a plugin)."""
+    get_registry.cache_clear()

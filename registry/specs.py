@@ -1,0 +1,223 @@
+"""The spec types a plugin returns from its hooks.
+
+Specs are frozen pydantic models: they validate what a plugin declares when it is loaded, so a
+mistake in a third-party package is reported against that package instead of surfacing later
+as a confusing failure deep inside training.  Callables (loaders, encoder factories, text
+functions) are plain Python callables; their contracts are documented on each field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]*$", max_length=40)]
+"""A plugin-provided name: lower-case ASCII, digits, ``-`` and ``_``, starting with a letter."""
+
+LabelId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=60)]
+"""A diagnosis label identifier shared by modality and language plugins, e.g. ``covid19``."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+
+class EncoderOptions(BaseModel):
+    """How to build a modality's image encoder.
+
+    Random initialisation is the default so that nothing is downloaded unless asked for.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backbone: str | None = Field(
+        None,
+        description="Backbone name (a timm model name for 2D encoders); None = plugin default.",
+    )
+    pretrained: bool = Field(
+        False,
+        description="Load pretrained weights: from `weights` if given, else from the model hub.",
+    )
+    weights: Path | None = Field(
+        None,
+        description="Local weights file (.safetensors/.bin/.pth) used when `pretrained` is set.",
+    )
+
+
+class ModalitySpec(_Spec):
+    """An imaging domain (chest X-ray, CT, ...): how to read its files and encode them."""
+
+    name: Name = Field(description="Name used on the command line, e.g. `ct`.")
+    description: str = Field(description="One line for `m3fm plugins list`.")
+    file_types: tuple[str, ...] = Field(
+        description="Accepted file suffixes, lower case with the dot, e.g. `.png`, `.nii.gz`."
+    )
+    accepts_directories: bool = Field(
+        False, description="Whether a folder is one input (e.g. a DICOM series)."
+    )
+    slice_shape: tuple[int, int, int] = Field(
+        description="(C, H, W) of a preprocessed 2D input."
+    )
+    volume_shape: tuple[int, int, int, int] | None = Field(
+        None,
+        description="(C, D, H, W) of a preprocessed 3D input; None if the modality is 2D only.",
+    )
+    load: Callable[[Path], Any] = Field(
+        description="Read one file or folder and preprocess it into a float32 torch tensor of "
+        "`slice_shape` (2D inputs) or `volume_shape` (3D inputs). May raise any exception on "
+        "unreadable input; the engine reports it as an InputError naming the file."
+    )
+    build_encoder: Callable[[EncoderOptions], Any] = Field(
+        description="Build a torch.nn.Module mapping a batch (B, *slice_shape) — and "
+        "(B, *volume_shape) if 3D is supported — to features (B, F); it exposes `feature_dim` (F)."
+    )
+    labels: tuple[LabelId, ...] = Field(
+        description="Default label set for diagnosis, as label ids (language plugins name them)."
+    )
+
+    @field_validator("file_types")
+    @classmethod
+    def _suffixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for suffix in value:
+            if not suffix.startswith(".") or suffix != suffix.lower():
+                raise ValueError(f"file type {suffix!r} must be a lower-case suffix such as '.png'")
+        return value
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """Spatial dimensionalities the modality handles: (2,) or (2, 3)."""
+        return (2, 3) if self.volume_shape else (2,)
+
+    def accepts(self, path: Path) -> bool:
+        """Whether `path` has a file type (or is a folder) this modality reads."""
+        if path.is_dir():
+            return self.accepts_directories
+        name = path.name.lower()
+        return any(name.endswith(suffix) for suffix in self.file_types)
+
+
+class LanguageSpec(_Spec):
+    """A report language: text handling, metric tokenisation and diagnosis prompts."""
+
+    code: Name = Field(description="Language code used on the command line, e.g. `zh`.")
+    name: str = Field(description="Human name, e.g. `Chinese`.")
+    pivot: Name | None = Field(
+        description="Language this one is aligned through (`en` for most); None for the anchor."
+    )
+    normalize: Callable[[str], str] = Field(
+        description="Clean a raw report (placeholders, list numbering, punctuation). Idempotent."
+    )
+    split_sentences: Callable[[str], list[str]] = Field(
+        description="Split a normalised report into sentences."
+    )
+    tokenize_words: Callable[[str], list[str]] = Field(
+        description="Split normalised text into words (jieba for Chinese)."
+    )
+    join_words: Callable[[list[str]], str] = Field(
+        description="Inverse of `tokenize_words`: turn words back into readable text."
+    )
+    metric_tokenizer: str = Field(
+        description="sacrebleu tokenizer name used for BLEU, e.g. `13a` or `zh`."
+    )
+    finding_names: dict[LabelId, str] = Field(
+        description="Label id to the finding's name in this language, used to fill prompts."
+    )
+    positive_templates: tuple[str, ...] = Field(
+        description="Prompts stating a finding is present; each contains `{finding}`."
+    )
+    negative_templates: tuple[str, ...] = Field(
+        description="Prompts stating a finding is absent; each contains `{finding}`."
+    )
+
+    @field_validator("positive_templates", "negative_templates")
+    @classmethod
+    def _has_slot(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one template is required")
+        for template in value:
+            if "{finding}" not in template:
+                raise ValueError(f"template {template!r} lacks the '{{finding}}' slot")
+        return value
+
+    @model_validator(mode="after")
+    def _not_own_pivot(self) -> LanguageSpec:
+        if self.pivot == self.code:
+            raise ValueError(f"language {self.code!r} cannot pivot through itself")
+        return self
+
+    def prompts(self, label: str) -> tuple[list[str], list[str]]:
+        """Positive and negative prompts for `label`, in this language."""
+        from .errors import UnknownNameError  # local: keeps the spec module import-light
+
+        if label not in self.finding_names:
+            kind = f"label for language {self.code!r}"
+            raise UnknownNameError(kind, label, list(self.finding_names))
+        finding = self.finding_names[label]
+        return (
+            [t.format(finding=finding) for t in self.positive_templates],
+            [t.format(finding=finding) for t in self.negative_templates],
+        )
+
+
+class Record(_Spec):
+    """One image–report pair, or one report alone (``image`` is None), from any data set."""
+
+    id: str = Field(description="Unique within the data set and split.")
+    dataset: str = Field(description="Name of the dataset format that produced the record.")
+    split: str = Field(description="`train`, `val`, `test` or a user-defined split.")
+    modality: Name | None = Field(description="Imaging domain the report describes, if known.")
+    image: Path | None = Field(
+        description="Absolute path of the image file or folder; None for text only."
+    )
+    language: Name = Field(description="Language code of `report`.")
+    report: str = Field(description="The report text as published (not normalised).")
+    labels: dict[LabelId, int] = Field(
+        default_factory=dict,
+        description="Known labels, 1 = present, 0 = absent; missing = unknown.",
+    )
+    group: str | None = Field(
+        None, description="Records sharing a group describe the same image (parallel reports)."
+    )
+    patient: str | None = Field(None, description="Patient identifier, for patient-level splits.")
+    source: str = Field(
+        description="Where the record came from: `file:line` or `file:split[index]`."
+    )
+    meta: dict[str, str] = Field(default_factory=dict, description="Extra columns worth keeping.")
+
+
+class RowProblem(_Spec):
+    """A row that could not be turned into a record, and why."""
+
+    source: str = Field(description="`file:line` or `file:split[index]`.")
+    message: str
+
+
+class ReadResult(_Spec):
+    """What a dataset reader returns: the usable records and every row it had to leave out."""
+
+    records: tuple[Record, ...]
+    problems: tuple[RowProblem, ...] = ()
+
+
+class DatasetSpec(_Spec):
+    """A named reader for a data set format (a public one, or a generic manifest)."""
+
+    name: Name = Field(description="Format name used with `--format`, e.g. `cov-ctr`.")
+    description: str
+    detect: Callable[[Path], bool] = Field(
+        description="Whether a path (folder or file) holds data in this format; must not raise."
+    )
+    read: Callable[[Path], ReadResult] = Field(
+        description="Read every split of the data set at a path. Raises DataFormatError when the "
+        "data set as a whole is unreadable; reports bad rows in ReadResult.problems."
+    )

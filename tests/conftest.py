@@ -1,0 +1,33 @@
+"""Shared fixtures: the real data location, and a fresh plugin registry per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from m3fm.registry import reset_registry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_root() -> Path:
+    return Path(os.environ.get("M3FM_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def data_root() -> Path:
+    """The real data sets (M3FM_DATA, else ../shared/data); skips the test when absent."""
+    root = _data_root()
+    if not root.is_dir():
+        pytest.skip(f"real data not found at {root}; set M3FM_DATA to run this test")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry():
+    """Each test sees plugins as installed now, not as cached by an earlier test."""
+    reset_registry()
+    yield
+    reset_registry()

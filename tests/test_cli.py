@@ -1,0 +1,116 @@
+"""The command line: the front door, its errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from m3fm.cli import main
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def assert_one_line_error(err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("m3fm: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_lists_the_verbs(capsys):
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0
+    for verb in ["run", "train", "evaluate", "plugins", "preprocess", "data", "version"]:
+        assert verb in out
+
+
+def test_version_as_json(capsys):
+    code, out, _ = run_cli(capsys, "version", "--json")
+    info = json.loads(out)
+    assert code == 0 and info["plugin_api"] == "1.0" and "torch" in info
+
+
+def test_plugins_list_shows_the_builtins(capsys):
+    code, out, _ = run_cli(capsys, "plugins", "list", "--json")
+    provided = {(row["kind"], row["name"]): row["status"] for row in json.loads(out)}
+    assert code == 0
+    for key in [("modality", "cxr"), ("modality", "ct"), ("language", "en"), ("language", "zh")]:
+        assert provided[key] == "ok"
+
+
+def test_plugins_list_table_for_people(capsys):
+    code, out, _ = run_cli(capsys, "plugins", "list")
+    assert code == 0 and "cxr" in out and "modality" in out
+
+
+def test_plugins_show_declares_shapes_and_labels(capsys):
+    code, out, _ = run_cli(capsys, "plugins", "show", "ct", "--json")
+    [ct] = [entry for entry in json.loads(out) if entry["kind"] == "modality"]
+    assert code == 0 and ct["labels"] == ["covid19"] and len(ct["volume_shape"]) == 4
+
+
+def test_plugins_show_unknown_name(capsys):
+    code, _, err = run_cli(capsys, "plugins", "show", "mri")
+    assert code == 2
+    assert_one_line_error(err, "unknown plugin, modality, language or dataset format 'mri'", "ct")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--plugin", "mri", "--lang", "zh"], ["unknown modality 'mri'", "installed: ct, cxr"]),
+        (["--plugin", "ct", "--lang", "fr"], ["unknown language 'fr'", "en", "zh"]),
+    ],
+)
+def test_run_with_unknown_names_exits_2_listing_installed(capsys, tmp_path, args, fragments):
+    code, _, err = run_cli(capsys, "run", *args, str(tmp_path))
+    assert code == 2
+    assert_one_line_error(err, *fragments)
+
+
+def test_run_refuses_rather_than_pretends(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "run", "--plugin", "ct", "--lang", "zh", str(tmp_path))
+    assert code == 1 and out == ""
+    assert_one_line_error(err, "cannot generate reports yet")
+
+
+def test_train_and_evaluate_refuse_rather_than_pretend(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "--recipe", "cov-ctr-align", "--data", str(tmp_path),
+                           "--out", str(tmp_path / "run"))
+    assert code == 1
+    assert_one_line_error(err, "cannot train yet")
+    code, _, err = run_cli(capsys, "evaluate", "--checkpoint", str(tmp_path), "--data",
+                           str(tmp_path), "--task", "retrieval")
+    assert code == 1
+    assert_one_line_error(err, "cannot evaluate")
+
+
+def test_malformed_override_is_a_usage_error(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "--recipe", "x", "--data", str(tmp_path), "--out",
+                           str(tmp_path), "--set", "lr")
+    assert code == 2
+    assert_one_line_error(err, "--set expects key=value, got 'lr'")
+
+
+def test_click_usage_errors_are_one_line(capsys):
+    code, _, err = run_cli(capsys, "run", "--lang", "en", "x.png")
+    assert code == 2
+    assert_one_line_error(err, "Missing option '--plugin'", "m3fm run --help")
+
+
+def test_unexpected_errors_are_one_line_without_traceback(capsys, monkeypatch):
+    import m3fm.cli
+
+    def explode(*args, **kwargs):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(m3fm.cli, "get_registry", explode)
+    code, _, err = run_cli(capsys, "plugins", "list")
+    assert code == 1
+    assert_one_line_error(err, "internal error: ZeroDivisionError: boom", "M3FM_DEBUG=1")
