@@ -10,16 +10,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from m3fm.filetypes import DICOM_SUFFIXES
 from m3fm.registry import ModalitySpec
 
-DICOM_SUFFIXES = {".dcm", ""}  # series files often have no suffix at all
+SERIES_FILE_SUFFIXES = {*DICOM_SUFFIXES, ""}  # series files often have no suffix at all
 
 
 def is_dicom_series(folder: Path) -> bool:
     """A folder of DICOM files only (no subfolders), which scanners write for one series."""
     entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
     return bool(entries) and all(
-        entry.is_file() and entry.suffix.lower() in DICOM_SUFFIXES for entry in entries
+        entry.is_file() and entry.suffix.lower() in SERIES_FILE_SUFFIXES for entry in entries
     )
 
 

@@ -1,0 +1,23 @@
+"""File types of medical images, by suffix.
+
+Kept apart from :mod:`m3fm.imaging` because it imports nothing: plugins declare their file
+types at discovery time, and discovery must stay fast enough for `m3fm plugins list`.
+"""
+
+DISPLAY_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+"""Pictures already rendered for viewing (8-bit, windowed); read with PIL."""
+
+DICOM_SUFFIXES = (".dcm",)
+"""DICOM files; a folder of them is read as one series (a volume)."""
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+"""NIfTI volumes."""
+
+
+def is_display_image(name: str) -> bool:
+    """Whether a file name is a display picture (PNG/JPEG) rather than a DICOM or NIfTI scan.
+
+    Display pictures carry intensities a viewer already windowed, so modalities with physical
+    units (CT's Hounsfield units) must scale them differently from raw scans.
+    """
+    return name.lower().endswith(DISPLAY_IMAGE_SUFFIXES)

@@ -1,0 +1,147 @@
+"""Computed tomography modality: 2D slices and 3D volumes, windowed in Hounsfield units.
+
+Inputs are 2D slices (PNG/JPEG pictures as published in papers, or one DICOM slice in HU) and
+3D volumes (NIfTI files, DICOM series folders).  Both go through one 2D backbone: a volume is
+encoded slice by slice (:class:`m3fm.imaging.SlicePooledEncoder`).  :func:`ct_spec` builds
+variants, e.g. a mediastinal window::
+
+    ct_spec(name="ct-mediastinum", window=(40, 400))
+
+A built-in plugin that uses only the public API (``m3fm.registry``, ``m3fm.filetypes`` and
+``m3fm.imaging``), exactly as a third-party modality package would.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from m3fm.filetypes import DICOM_SUFFIXES, DISPLAY_IMAGE_SUFFIXES, NIFTI_SUFFIXES, is_display_image
+from m3fm.registry import EncoderOptions, ModalitySpec, hookimpl
+
+# MONAI, timm and torch are imported where they are first needed, not here: discovery imports
+# every plugin, and importing MONAI alone takes seconds that `m3fm plugins list` should not pay.
+if TYPE_CHECKING:
+    import torch
+    from monai.transforms import Compose, ScaleIntensityRange
+    from torch import nn
+
+LUNG_WINDOW = (-600.0, 1500.0)
+"""(level, width) in HU: shows -1350..150 HU, from air through lung tissue to soft tissue."""
+
+IMAGE_SIZE = 224
+"""Side of the square slice, in pixels: the size ImageNet backbones were trained at."""
+
+VOLUME_DEPTH = 32
+"""Axial slices a volume is resampled to, evenly spread over the scan; each is encoded in 2D."""
+
+VOLUME_SPACING_MM = (5.0, 0.75, 0.75)
+"""Voxel size (slice, row, column) every volume is resampled to before its final fit.
+
+5 mm is the slice thickness radiologists read (thin-slice scans shrink early, which keeps the
+later steps cheap); 0.75 mm square pixels, about chest CT's native resolution, keep anatomy in
+proportion without losing detail before the anti-aliased fit to IMAGE_SIZE.
+"""
+
+VOLUME_AXES = "SPL"
+"""Axis codes giving (D, H, W) = (inferior to superior, anterior to posterior, patient right to
+left): axial slices as a radiologist views them, so volumes look like the 2D training slices."""
+
+DISPLAY_RANGE = (0.0, 255.0)
+"""Grey levels of a display picture, which a viewer has already windowed."""
+
+DEFAULT_BACKBONE = "resnet18"
+"""Small and fast on CPU; a volume runs VOLUME_DEPTH slices through it at once."""
+
+LABELS = ("covid19",)
+
+
+def hu_window(level: float, width: float) -> ScaleIntensityRange:
+    """Map the HU range [level - width/2, level + width/2] to [0, 1], clipping outside values."""
+    from monai.transforms import ScaleIntensityRange
+
+    return ScaleIntensityRange(
+        a_min=level - width / 2, a_max=level + width / 2, b_min=0.0, b_max=1.0, clip=True
+    )
+
+
+def ct_spec(
+    *,
+    name: str = "ct",
+    description: str = "Computed tomography: 2D slices (PNG, JPEG, DICOM) and 3D volumes "
+    "(NIfTI, DICOM series folders)",
+    window: tuple[float, float] = LUNG_WINDOW,
+    image_size: int = IMAGE_SIZE,
+    depth: int = VOLUME_DEPTH,
+    spacing_mm: tuple[float, float, float] = VOLUME_SPACING_MM,
+) -> ModalitySpec:
+    """A CT modality spec; change the HU window (level, width), the shapes or the voxel size.
+
+    Build variants with this factory rather than ``spec.model_copy``: the loader depends on
+    the window and the shapes, so they have to change together.
+    """
+
+    @functools.cache
+    def pipelines() -> tuple[Compose, Compose, Compose]:
+        """(display slice, HU slice, volume) transforms, built on the first load."""
+        import numpy as np
+        from monai.transforms import Compose, Orientation, Resize, ScaleIntensityRange, Spacing
+
+        from m3fm.imaging import FitToSquare, standardize
+
+        fit_and_standardize = [FitToSquare(image_size), standardize()]
+        display_slice = Compose(
+            [ScaleIntensityRange(*DISPLAY_RANGE, b_min=0.0, b_max=1.0, clip=True),
+             *fit_and_standardize]
+        )
+        hu_slice = Compose([hu_window(*window), *fit_and_standardize])
+        volume = Compose(
+            [
+                Orientation(axcodes=VOLUME_AXES, labels=None),  # labels=None: the image's space
+                Spacing(pixdim=spacing_mm, mode="bilinear", dtype=np.float32),
+                hu_window(*window),
+                Resize(spatial_size=(depth, -1, -1), mode="trilinear"),  # slice axis only
+                *fit_and_standardize,
+            ]
+        )
+        return display_slice, hu_slice, volume
+
+    def load_ct(path: Path) -> torch.Tensor:
+        """A slice becomes (1, size, size), a volume (1, depth, size, size), by spatial rank."""
+        from m3fm.imaging import read_image
+
+        display_slice, hu_slice, volume = pipelines()
+        image = read_image(path)
+        if image.ndim == 4:
+            return volume(image)
+        if image.ndim == 3:
+            return display_slice(image) if is_display_image(path.name) else hu_slice(image)
+        raise ValueError(
+            f"expected a 2D slice or a 3D volume, got an array of shape {tuple(image.shape[1:])}"
+        )
+
+    return ModalitySpec(
+        name=name,
+        description=description,
+        file_types=DISPLAY_IMAGE_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES,
+        accepts_directories=True,
+        slice_shape=(1, image_size, image_size),
+        volume_shape=(1, depth, image_size, image_size),
+        load=load_ct,
+        build_encoder=build_ct_encoder,
+        labels=LABELS,
+    )
+
+
+def build_ct_encoder(options: EncoderOptions) -> nn.Module:
+    """One grey-input timm backbone for slices (B, 1, H, W) and volumes (B, 1, D, H, W)."""
+    from m3fm.imaging import SlicePooledEncoder, timm_encoder
+
+    return SlicePooledEncoder(timm_encoder(options, default_backbone=DEFAULT_BACKBONE, in_chans=1))
+
+
+@hookimpl
+def m3fm_modalities() -> list[ModalitySpec]:
+    """The CT modality with the lung window."""
+    return [ct_spec()]
