@@ -114,3 +114,52 @@ def test_unexpected_errors_are_one_line_without_traceback(capsys, monkeypatch):
     code, _, err = run_cli(capsys, "plugins", "list")
     assert code == 1
     assert_one_line_error(err, "internal error: ZeroDivisionError: boom", "M3FM_DEBUG=1")
+
+
+def test_preprocess_reports_each_input_and_keeps_going(capsys, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    sample = get_testdata_file("CT_small.dcm")
+    missing = tmp_path / "missing.dcm"
+    code, out, _ = run_cli(capsys, "preprocess", "--plugin", "ct", "--json", sample, str(missing))
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert code == 1
+    assert first["input"] == sample and first["shape"] == [1, 224, 224]
+    assert second == {"input": str(missing), "error": f"{missing}: no such file or folder"}
+
+
+def test_preprocess_table_for_people(capsys):
+    from pydicom.data import get_testdata_file
+
+    sample = get_testdata_file("CT_small.dcm")
+    code, out, _ = run_cli(capsys, "preprocess", "--plugin", "ct", sample)
+    assert code == 0 and "[1, 224, 224]" in out
+
+
+def test_data_summary_counts_records_and_lists_bad_rows(capsys, tmp_path):
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text(
+        '{"language": "en", "report": "No effusion.", "modality": "cxr", "split": "val"}\n'
+        '{"language": "en", "report": \n'
+    )
+    code, out, _ = run_cli(capsys, "data", "summary", str(tmp_path), "--json")
+    summary = json.loads(out)
+    assert code == 0
+    assert summary["counts"] == [{"split": "val", "modality": "cxr", "language": "en",
+                                  "records": 1, "with_image": 0, "labelled": 0}]
+    [problem] = summary["problems"]
+    assert problem["source"].endswith("manifest.jsonl:2")
+
+
+def test_data_summary_of_an_unknown_folder_is_one_line(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "data", "summary", str(tmp_path))
+    assert code == 1
+    assert_one_line_error(err, "cannot tell the data set format")
+
+
+@pytest.mark.data
+def test_data_summary_on_cov_ctr(capsys, data_root):
+    code, out, _ = run_cli(capsys, "data", "summary", str(data_root / "cov-ctr"), "--json")
+    counts = {(row["split"], row["language"]): row["records"] for row in json.loads(out)["counts"]}
+    assert code == 0
+    assert counts[("train", "en")] == counts[("train", "zh")] == 576
