@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -29,6 +33,18 @@ def test_readme_test_command_is_what_ci_runs():
     assert re.search(rf"^pip install --quiet {re.escape(install[len('pip install '):])}$", ci,
                      re.MULTILINE)
     assert re.search(rf"^{test}$", ci, re.MULTILINE)
+
+
+def test_readme_main_command_runs():
+    """The README's first command, minus its `pip install .` (this environment has m3fm)."""
+    readme = (REPO / "README.md").read_text()
+    install_and_run = re.search(r"```bash\n(pip install \. && (m3fm .+))\n```", readme)
+    assert install_and_run, "the README must open with `pip install . && m3fm ...`"
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-c", install_and_run.group(2)], capture_output=True,
+                            text=True, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr
 
 
 def test_examples_were_found():
