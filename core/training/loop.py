@@ -1,0 +1,377 @@
+"""The generic training loop every stage runs; it knows models, batches and losses, nothing more.
+
+A run in ``OUT`` leaves::
+
+    OUT/metrics.jsonl                 one JSON object per log step and per evaluation
+    OUT/tensorboard/                  the same scalars, when tensorboard is installed
+    OUT/checkpoints/step-000120/      model.safetensors, the task's artifacts, metadata.json,
+                                      training_state.pt (what resuming needs)
+    OUT/checkpoints/latest            names the newest complete step checkpoint
+    OUT/final/                        the last step checkpoint without its training state
+
+``final`` is a copy rather than a rename or a link: the step checkpoint stays in place, so
+``latest`` keeps pointing at something a later ``--resume`` (with a larger ``max_steps``) can
+continue from, and the copy is a self-contained directory that survives being moved, uploaded
+to a hub or read on a file system without links; it leaves out the optimiser state, which is
+twice the size of the model and useless for inference.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+
+from m3fm.checkpoint import (
+    CheckpointStore,
+    copy_checkpoint,
+    load_model_weights,
+    read_metadata,
+    save_model_files,
+)
+from m3fm.registry.errors import M3fmError
+from m3fm.training.config import TrainConfig
+from m3fm.training.distributed import Ranks
+from m3fm.training.interrupt import StopRequest, TrainingInterrupted
+from m3fm.training.metrics import METRICS_NAME, MetricsLog
+from m3fm.training.optim import build_optimizer, build_scheduler
+from m3fm.training.progress import TrainingProgress
+from m3fm.training.rng import capture_rng_state, restore_rng_state, seed_everything
+from m3fm.training.runtime import Runtime, detect_runtime
+from m3fm.training.state import TRAINING_STATE_NAME, TrainingState
+from m3fm.training.task import TrainingTask, TrainResult
+
+CHECKPOINTS_DIR = "checkpoints"
+FINAL_DIR = "final"
+
+
+class NonFiniteLossError(M3fmError):
+    """The loss became NaN or infinite; the run stopped before that step changed any weight."""
+
+
+def train(
+    task: TrainingTask, config: TrainConfig, out_dir: Path, *, resume: bool = False
+) -> TrainResult:
+    """Train `task.model` for `config.max_steps` optimiser steps, writing the run into `out_dir`.
+
+    Under ``torchrun`` every rank calls this with its own shard of the data; gradients are
+    averaged with DistributedDataParallel and rank 0 alone writes.  With `resume`, the run
+    continues from ``out_dir/checkpoints/latest`` and ends bit-for-bit where an uninterrupted
+    run would have (on CPU; CUDA kernels are not all deterministic).
+    """
+    out_dir = Path(out_dir)
+    ranks = Ranks.from_environment()
+    runtime = detect_runtime(config, local_rank=ranks.local_rank)
+    if runtime.device.type == "cuda":
+        torch.cuda.set_device(runtime.device)
+    ranks.start(runtime.device)
+    try:
+        with StopRequest() as stop:
+            return _Run(task, config, out_dir, runtime, ranks, stop).execute(resume=resume)
+    finally:
+        ranks.stop()
+
+
+class _Run:
+    """One call of :func:`train`: the live objects and the position of the run."""
+
+    def __init__(
+        self,
+        task: TrainingTask,
+        config: TrainConfig,
+        out_dir: Path,
+        runtime: Runtime,
+        ranks: Ranks,
+        stop: StopRequest,
+    ) -> None:
+        self.task, self.config, self.out_dir = task, config, out_dir
+        self.runtime, self.ranks, self.stop = runtime, ranks, stop
+        self.store = CheckpointStore(out_dir / CHECKPOINTS_DIR)
+        self.model = task.model
+        self.step = self.epoch = self.batch_index = 0
+        self.last_loss = math.nan
+        self.metrics: dict[str, float] = {}
+        self.evaluated_at: int | None = None
+        self.saved_at: int | None = None
+        self.log: MetricsLog | None = None
+        self._epoch_batches: tuple[int, Sequence[Any]] | None = None
+
+    def execute(self, *, resume: bool) -> TrainResult:
+        if not resume:
+            self._refuse_existing_run()
+        self.ranks.barrier()  # nobody writes before every rank has looked at out_dir
+        self.model.to(self.runtime.device)
+        self.optimizer = build_optimizer(self.model, self.config)
+        self.scheduler = build_scheduler(self.optimizer, self.config)
+        self.scaler = torch.amp.GradScaler(
+            self.runtime.device.type, enabled=self.runtime.needs_loss_scaling
+        )
+        if resume:
+            self._restore()
+        else:
+            seed_everything(self.config.seed + self.ranks.rank)
+        self.wrapped = self._wrap()
+        if self.ranks.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.log = MetricsLog(self.out_dir, resumed_step=self.step if resume else None)
+        try:
+            with TrainingProgress(
+                max_steps=self.config.max_steps, start_step=self.step, enabled=self.ranks.is_main
+            ) as progress:
+                self._train_steps(progress)
+            self._finish()
+        finally:
+            if self.log is not None:
+                self.log.close()
+        return TrainResult(
+            step=self.step,
+            loss=self.last_loss,
+            metrics=self.metrics,
+            checkpoint=self.out_dir / FINAL_DIR,
+        )
+
+    def _refuse_existing_run(self) -> None:
+        """Never train over an earlier run: its checkpoints and log would be mixed with ours."""
+        if (self.out_dir / FINAL_DIR).exists():
+            state = "a finished"
+        elif any((self.out_dir / name).exists() for name in (CHECKPOINTS_DIR, METRICS_NAME)):
+            state = "a started"
+        else:
+            return
+        raise M3fmError(
+            f"{self.out_dir} already holds {state} training run; pass --resume to continue it"
+            " or choose another output directory"
+        )
+
+    def _restore(self) -> None:
+        """Load the latest checkpoint: weights, optimiser, schedule, loss scale, RNG, position."""
+        checkpoint = self.store.latest()
+        if checkpoint is None:
+            raise M3fmError(
+                f"cannot resume: no checkpoint in {self.store.root}; train without --resume"
+                " (in another output directory if a run there stopped before its first save)"
+            )
+        load_model_weights(self.model, checkpoint, device=self.runtime.device)
+        state = TrainingState.load(checkpoint / TRAINING_STATE_NAME)
+        if state.step > self.config.max_steps:
+            raise M3fmError(
+                f"{checkpoint} is at step {state.step}, beyond max_steps={self.config.max_steps};"
+                " raise max_steps to continue it"
+            )
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        self.scaler.load_state_dict(state.grad_scaler)
+        self.step, self.epoch, self.batch_index = state.step, state.epoch, state.batch_index
+        self.last_loss = state.last_loss
+        metadata = read_metadata(checkpoint)
+        self.metrics = metadata.get("metrics", {})
+        self.evaluated_at = metadata.get("evaluated_at_step")
+        self.saved_at = state.step
+        if len(state.rng) == self.ranks.world_size:
+            restore_rng_state(state.rng[self.ranks.rank], self.runtime.device)
+        else:
+            seed_everything(self.config.seed + self.ranks.rank + state.step)
+            warnings.warn(
+                f"resuming with {self.ranks.world_size} ranks a run saved with {len(state.rng)}:"
+                " it continues, but not exactly as the uninterrupted run would have",
+                stacklevel=2,
+            )
+        if self.ranks.is_main:
+            self.store.discard_after(state.step)
+
+    def _wrap(self) -> torch.nn.Module:
+        """The model as the loss sees it: DDP across ranks, then compiled (DDP-aware)."""
+        model = self.ranks.wrap(self.model, find_unused_parameters=self.task.find_unused_parameters)
+        return torch.compile(model) if self.runtime.compile else model
+
+    def _batches(self, epoch: int) -> Sequence[Any]:
+        """The task's batches for `epoch`, asked for once per epoch and checked."""
+        if self._epoch_batches is None or self._epoch_batches[0] != epoch:
+            batches = self.task.batches(epoch)
+            if not self.ranks.same_on_all_ranks(len(batches)):
+                raise M3fmError(
+                    f"the ranks got different numbers of batches for epoch {epoch}; the task"
+                    " must give every rank the same number"
+                )
+            if len(batches) == 0:
+                raise M3fmError(f"the task produced no batches for epoch {epoch}")
+            self._epoch_batches = (epoch, batches)
+        return self._epoch_batches[1]
+
+    def _train_steps(self, progress: TrainingProgress) -> None:
+        self.wrapped.train()
+        window_start, window_steps = time.perf_counter(), 0
+        while self.step < self.config.max_steps:
+            batches = self._batches(self.epoch)
+            if self.batch_index >= len(batches):
+                self.epoch, self.batch_index = self.epoch + 1, 0
+                continue
+            lr = self.optimizer.param_groups[0]["lr"]
+            loss, logs, stop = self._optimise(batches[self.batch_index])
+            self.step, self.batch_index, self.last_loss = self.step + 1, self.batch_index + 1, loss
+            window_steps += 1
+            progress.advance(self.step, loss)
+            at_end = self.step == self.config.max_steps
+            if self.log is not None and (at_end or self.step % self.config.log_every == 0):
+                speed = window_steps / (time.perf_counter() - window_start)
+                self._log_train(loss, lr, logs, speed)
+                window_start, window_steps = time.perf_counter(), 0
+            if self.task.evaluate is not None and (
+                at_end or _every(self.config.eval_every, self.step)
+            ):
+                self._evaluate()
+            if _every(self.config.save_every, self.step) and not at_end:
+                self._save()
+            if stop and not at_end:
+                self._stop(progress)
+
+    def _optimise(self, batch: Any) -> tuple[float, dict[str, float], bool]:
+        """One optimiser step; returns the mean loss over ranks, the task's logs and whether
+        any rank was asked to stop.  A non-finite loss raises before any weight changes."""
+        batch = _to_device(batch, self.runtime.device)
+        with self.runtime.autocast():
+            loss, logs = self.task.loss(self.wrapped, batch)
+        mean_loss, stop = self.ranks.reduce_step(loss, self.stop.requested)
+        if not math.isfinite(mean_loss):
+            self._refuse_non_finite(mean_loss)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return mean_loss, logs, stop
+
+    def _refuse_non_finite(self, loss: float) -> NoReturn:
+        latest = self.store.latest()
+        kept = (
+            f"the latest checkpoint is still {latest}, from before it"
+            if latest is not None
+            else "no checkpoint had been saved yet"
+        )
+        raise NonFiniteLossError(
+            f"the loss became {loss} at step {self.step + 1} (epoch {self.epoch}, batch"
+            f" {self.batch_index}); nothing was saved from that step and {kept}; lower lr or"
+            " check the data"
+        )
+
+    def _log_train(self, loss: float, lr: float, logs: dict[str, float], speed: float) -> None:
+        assert self.log is not None
+        self.log.write(
+            {
+                **{key: float(value) for key, value in logs.items()},
+                "kind": "train",
+                "step": self.step,
+                "epoch": self.epoch,
+                "loss": loss,
+                "lr": lr,
+                "steps_per_s": speed,
+                "wall_time": time.time(),
+            }
+        )
+
+    def _evaluate(self) -> None:
+        """The task's evaluation on rank 0, shared with every rank; it draws from saved and
+        restored RNG, so evaluating more or less often never changes the training itself."""
+        metrics: dict[str, float] = {}
+        if self.ranks.is_main:
+            assert self.task.evaluate is not None and self.log is not None
+            rng = capture_rng_state(self.runtime.device)
+            self.model.eval()
+            with torch.no_grad(), self.runtime.autocast():
+                metrics = {key: float(v) for key, v in self.task.evaluate(self.model).items()}
+            self.model.train()
+            restore_rng_state(rng, self.runtime.device)
+            self.log.write(
+                {
+                    **metrics,
+                    "kind": "eval",
+                    "step": self.step,
+                    "epoch": self.epoch,
+                    "wall_time": time.time(),
+                }
+            )
+        self.metrics = self.ranks.broadcast_from_main(metrics)
+        self.evaluated_at = self.step
+
+    def _save(self) -> None:
+        """Checkpoint the current step: every rank contributes its RNG state, rank 0 writes."""
+        rng_states = self.ranks.gather_to_main(capture_rng_state(self.runtime.device))
+        if self.ranks.is_main:
+            state = TrainingState(
+                step=self.step,
+                epoch=self.epoch,
+                batch_index=self.batch_index,
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(),
+                grad_scaler=self.scaler.state_dict(),
+                rng=rng_states,
+                last_loss=self.last_loss,
+            )
+            metadata = {
+                "step": self.step,
+                "epoch": self.epoch,
+                "metrics": self.metrics,
+                "evaluated_at_step": self.evaluated_at,
+                "task": self.task.metadata,
+                "train_config": self.config.model_dump(),
+                "world_size": self.ranks.world_size,
+            }
+
+            def fill(directory: Path) -> None:
+                save_model_files(
+                    directory, self.model, metadata=metadata, artifacts=self.task.save_artifacts
+                )
+                state.save(directory / TRAINING_STATE_NAME)
+
+            self.store.save(self.step, fill)
+            self.store.prune(self.config.keep_checkpoints)
+        self.ranks.barrier()
+        self.saved_at = self.step
+
+    def _save_once(self) -> Path:
+        """The checkpoint of the current step, saving it unless that was just done."""
+        if self.saved_at != self.step:
+            self._save()
+        return self.store.root / self.store.name(self.step)
+
+    def _stop(self, progress: TrainingProgress) -> NoReturn:
+        cause = self.stop.signal_name or "a signal to another rank"
+        progress.note(f"{cause} received: saving a checkpoint at step {self.step}")
+        checkpoint = self._save_once()
+        raise TrainingInterrupted(
+            f"training stopped by {cause} at step {self.step}; saved {checkpoint};"
+            " run again with --resume to continue"
+        )
+
+    def _finish(self) -> None:
+        """Save the last step (unless done) and publish it as ``OUT/final``."""
+        checkpoint = self._save_once()
+        if self.ranks.is_main:
+            copy_checkpoint(checkpoint, self.out_dir / FINAL_DIR, exclude=[TRAINING_STATE_NAME])
+        self.ranks.barrier()
+
+
+def _every(period: int, step: int) -> bool:
+    """Whether a periodic action (period 0: never) falls on `step`."""
+    return period > 0 and step % period == 0
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """`value` with every tensor inside it (dicts, lists, tuples, named tuples) on `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, Mapping):
+        return {key: _to_device(item, device) for key, item in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_to_device(item, device) for item in value))
+    if isinstance(value, list | tuple):
+        return type(value)(_to_device(item, device) for item in value)
+    return value
