@@ -8,6 +8,7 @@ only with ``M3FM_DEBUG=1``.  Commands that print results take ``--json`` for mac
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import sys
@@ -268,36 +269,158 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 @cli.command()
-@click.option("--recipe", required=True, help="Name of a shipped recipe, or a recipe file.")
+@click.option("--recipe", required=True,
+              help="Name of a shipped recipe (see `m3fm recipes`) or a recipe file.")
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path, exists=True),
-              help="Data directory.")
+              help="Data directory; recipe data sources are relative to it.")
 @click.option("--out", required=True, type=PathArg, help="Run directory for checkpoints and logs.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config field; repeatable.")
+              help="Override a recipe field by dotted path, e.g. train.max_steps=50; repeatable.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 def train(recipe: str, data_dir: Path, out: Path, overrides: tuple[str, ...], resume: bool) -> None:
-    """Train an alignment or report-generation model from a recipe."""
-    _parse_overrides(overrides)
-    raise NotAvailableError(
-        f"m3fm {__version__} cannot train yet: the alignment and generation engines are not "
-        "part of this release"
-    )
+    """Train a model from a recipe; start it under `torchrun` for several processes.
+
+    Writes checkpoints to OUT/checkpoints, the final model to OUT/final and metrics to
+    OUT/metrics.jsonl. Ctrl-C saves a checkpoint; `--resume` continues exactly where it stopped.
+    """
+    from m3fm.alignment.task import AlignmentTask
+    from m3fm.recipes import load_recipe
+    from m3fm.training import train as run_training
+    from m3fm.training.distributed import Ranks
+
+    loaded = load_recipe(recipe, _parse_overrides(overrides))
+    ranks = Ranks.from_environment()
+    task = AlignmentTask(loaded, data_dir, rank=ranks.rank, world_size=ranks.world_size)
+    result = run_training(task.training_task(str(data_dir)), loaded.train, out, resume=resume)
+    if ranks.is_main:
+        click.echo(f"trained {loaded.name} v{loaded.version} for {result.step} steps; "
+                   f"final loss {result.loss:.4f}; model in {result.checkpoint}")
+        _print_metrics(result.metrics)
+
+
+def _print_metrics(metrics: dict[str, float]) -> None:
+    if metrics:
+        _table("validation metrics", ["metric", "value"],
+               [[name, f"{value:.4g}"] for name, value in sorted(metrics.items())])
+
+
+@cli.command()
+def recipes() -> None:
+    """List the training recipes shipped with m3fm."""
+    from m3fm.recipes import available_recipes, load_recipe
+
+    rows = []
+    for name in available_recipes():
+        recipe = load_recipe(name)
+        rows.append([name, str(recipe.version), recipe.stage, recipe.description])
+    _table("recipes", ["name", "version", "stage", "description"], rows)
 
 
 @cli.command()
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path, exists=True),
               help="Model directory.")
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path, exists=True),
-              help="Data directory.")
+              help="Data set folder or file.")
+@click.option("--format", "format_name", help="Dataset format; detected when omitted.")
 @click.option("--split", default="val", show_default=True, help="Split to evaluate on.")
 @click.option("--task", type=click.Choice(["retrieval", "report", "diagnosis"]), required=True)
-@click.option("--lang", "language", default="en", show_default=True, help="Report language.")
-def evaluate(checkpoint: Path, data_dir: Path, split: str, task: str, language: str) -> None:
-    """Evaluate a model on a data split: retrieval, report generation or diagnosis."""
-    get_registry().language(language)
-    raise NotAvailableError(
-        f"m3fm {__version__} cannot evaluate models yet: no model engine is part of this release"
-    )
+@click.option("--lang", "language", help="Language to evaluate; default: every language "
+              "of the model.")
+@click.option("--out", type=PathArg, help="Also write the results as JSON to this file.")
+def evaluate(checkpoint: Path, data_dir: Path, format_name: str | None, split: str, task: str,
+             language: str | None, out: Path | None) -> None:
+    """Evaluate a model on a data split: image–report retrieval (recall@k, median rank)."""
+    if task != "retrieval":
+        raise NotAvailableError(
+            f"m3fm {__version__} cannot evaluate {task} yet: only retrieval is implemented"
+        )
+    from m3fm.alignment.retrieval import evaluate_retrieval, retrieval_sets
+    from m3fm.data import read_dataset
+    from m3fm.embedding import load
+
+    embedder = load(checkpoint)
+    languages = embedder.languages
+    if language is not None:
+        get_registry().language(language)
+        languages = (language,)
+    records = read_dataset(data_dir, format_name).records
+    sets = retrieval_sets(records, split=split, modalities=embedder.modalities,
+                          languages=languages)
+    if not sets:
+        raise UsageError(
+            f"split {split!r} of {data_dir} has no images of {', '.join(embedder.modalities)} "
+            f"with reports in {', '.join(languages)}"
+        )
+    rows = evaluate_retrieval(sets, embedder)
+    if out is not None:
+        out.write_text(json.dumps(rows, ensure_ascii=False, indent=2))
+    columns = ["modality", "language", "direction", "n", "chance_R@5", "R@1", "R@5", "R@10",
+               "median_rank"]
+    _table(f"retrieval on {split}", columns,
+           [[f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+            for row in rows])
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path, exists=True),
+              help="Model directory.")
+@click.option("--plugin", "modality", help="Modality of the images in PATHS.")
+@click.option("--lang", "language", help="Language of the reports in --texts.")
+@click.option("--texts", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="A text file with one report per line, embedded instead of images.")
+@click.option("--out", type=PathArg, help="Write a .safetensors file instead of JSON Lines.")
+@click.argument("paths", nargs=-1, type=PathArg)
+def embed(checkpoint: Path, modality: str | None, language: str | None, texts: Path | None,
+          out: Path | None, paths: tuple[Path, ...]) -> None:
+    """Embed images (PATHS) or reports (--texts with --lang) into the shared space.
+
+    Vectors are L2-normalised. Images that fail to load are reported and left out; the exit
+    code is then 1, after the others are written.
+    """
+    from m3fm.embedding import load
+
+    if bool(paths) == bool(texts):
+        raise UsageError("give either image PATHS or --texts FILE")
+    embedder = load(checkpoint)
+    failed: list[str] = []
+    if texts is not None:
+        if language is None:
+            raise UsageError("--texts needs --lang")
+        inputs = [line for line in texts.read_text(encoding="utf-8").splitlines() if line.strip()]
+        vectors = embedder.embed_texts(inputs, lang=language)
+    else:
+        inputs, vectors, failed = _embed_files(embedder, modality, paths)
+    if out is not None:
+        from safetensors.torch import save_file
+
+        save_file({"embeddings": vectors.contiguous()}, str(out),
+                  metadata={"inputs": json.dumps(inputs, ensure_ascii=False)})
+        click.echo(f"wrote {len(inputs)} embeddings of dimension {vectors.shape[1]} to {out}")
+    else:
+        for item, vector in zip(inputs, vectors.tolist(), strict=True):
+            click.echo(json.dumps({"input": item, "embedding": vector}, ensure_ascii=False))
+    for message in failed:
+        click.echo(f"m3fm: error: {message}", err=True)
+    if failed:
+        sys.exit(1)
+
+
+def _embed_files(embedder, modality: str | None, paths: tuple[Path, ...]):
+    """Embed every readable input; the others are returned as one-line errors."""
+    from m3fm.imaging import preprocess
+    from m3fm.inputs import collect_inputs
+    from m3fm.progress import track
+
+    modality = embedder.modality(modality)
+    spec = get_registry().modality(modality)
+    inputs, tensors, failed = [], [], []
+    for path in track(collect_inputs(spec, paths), "loading"):
+        try:
+            tensors.append(preprocess(spec, path))
+            inputs.append(str(path))
+        except M3fmError as exc:
+            failed.append(str(exc))
+    return inputs, embedder.embed_images(tensors, modality=modality), failed
 
 
 # --- entry point ---------------------------------------------------------------------------
@@ -308,8 +431,22 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+class _WarningEcho(logging.Handler):
+    """Shows m3fm's warnings (skipped rows, unreadable images) on stderr, one line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"m3fm: warning: {' '.join(record.getMessage().split())}", err=True)
+
+
+def _show_warnings() -> None:
+    logger = logging.getLogger("m3fm")
+    if not any(isinstance(handler, _WarningEcho) for handler in logger.handlers):
+        logger.addHandler(_WarningEcho(level=logging.WARNING))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI, turning every expected failure into one line and an exit code."""
+    _show_warnings()
     try:
         code = cli.main(args=argv, prog_name="m3fm", standalone_mode=False)
     except click.UsageError as exc:

@@ -8,6 +8,7 @@ This package is the bottom layer: it imports nothing from the engine.
 """
 
 from .errors import (
+    ConfigError,
     DataFormatError,
     InputError,
     M3fmError,
@@ -41,6 +42,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "KINDS",
     "PLUGIN_API_VERSION",
+    "ConfigError",
     "DataFormatError",
     "DatasetSpec",
     "EncoderOptions",

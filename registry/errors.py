@@ -51,3 +51,7 @@ class DataFormatError(M3fmError):
 
 class NotAvailableError(M3fmError):
     """A command whose engine is not part of this release; it refuses rather than pretends."""
+
+
+class ConfigError(UsageError):
+    """A recipe or configuration file, or a --set override, that does not validate."""

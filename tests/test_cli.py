@@ -80,15 +80,18 @@ def test_run_refuses_rather_than_pretends(capsys, tmp_path):
     assert_one_line_error(err, "cannot generate reports yet")
 
 
-def test_train_and_evaluate_refuse_rather_than_pretend(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "train", "--recipe", "cov-ctr-align", "--data", str(tmp_path),
+def test_train_with_an_unknown_recipe_lists_the_shipped_ones(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "--recipe", "cov-ctr-alling", "--data", str(tmp_path),
                            "--out", str(tmp_path / "run"))
-    assert code == 1
-    assert_one_line_error(err, "cannot train yet")
+    assert code == 2
+    assert_one_line_error(err, "unknown recipe 'cov-ctr-alling'", "cov-ctr-align")
+
+
+def test_evaluate_refuses_tasks_it_cannot_do_yet(capsys, tmp_path):
     code, _, err = run_cli(capsys, "evaluate", "--checkpoint", str(tmp_path), "--data",
-                           str(tmp_path), "--task", "retrieval")
+                           str(tmp_path), "--task", "report")
     assert code == 1
-    assert_one_line_error(err, "cannot evaluate")
+    assert_one_line_error(err, "cannot evaluate report yet")
 
 
 def test_malformed_override_is_a_usage_error(capsys, tmp_path):

@@ -1,0 +1,108 @@
+"""Configuration of a MultiMedCLIP alignment model and of its losses.
+
+Plain pydantic data: saved as a checkpoint's ``config.json`` and validated on load, so a
+checkpoint written by an incompatible version is refused with a message instead of loading
+into the wrong architecture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+CONFIG_VERSION = 1
+"""Version of the checkpoint config format; bumped when a change breaks old checkpoints."""
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageTowerConfig(_Config):
+    """Image encoders: one per modality, or one shared by all."""
+
+    backbone: str | None = Field(
+        None, description="timm backbone name; None uses each modality plugin's default."
+    )
+    pretrained: bool = Field(
+        False, description="Start from pretrained weights (from `weights`, else the model hub)."
+    )
+    weights: Path | None = Field(
+        None, description="Local weights file for the backbone, used when `pretrained` is set."
+    )
+    shared: bool = Field(
+        False,
+        description="One backbone for every modality (built by the first modality's plugin) "
+        "instead of one per modality. Each modality keeps its own projection head.",
+    )
+    input_size: int | None = Field(
+        None, gt=15,
+        description="Resize preprocessed images to this side before the backbone; smaller is "
+        "faster on CPU. None keeps the modality's size.",
+    )
+
+
+class TextTowerConfig(_Config):
+    """The text encoder shared by every language."""
+
+    pretrained: str | None = Field(
+        None,
+        description="A transformers encoder (local directory or hub id) and its tokenizer; "
+        "None trains a small BERT-style encoder and a vocabulary from scratch.",
+    )
+    vocab_size: int = Field(8000, gt=100, description="Vocabulary size when training one.")
+    hidden_size: int = Field(256, gt=0, description="Width of the from-scratch encoder.")
+    num_layers: int = Field(4, gt=0, description="Depth of the from-scratch encoder.")
+    num_heads: int = Field(4, gt=0, description="Attention heads of the from-scratch encoder.")
+    intermediate_size: int = Field(1024, gt=0, description="Feed-forward width.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout of the from-scratch encoder.")
+    max_length: int = Field(192, gt=8, description="Reports are truncated to this many tokens.")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TextTowerConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}"
+            )
+        return self
+
+
+class AlignModelConfig(_Config):
+    """The whole alignment model: which modalities and languages, and the shared space."""
+
+    config_version: int = Field(CONFIG_VERSION, description="Checkpoint format version.")
+    modalities: tuple[str, ...] = Field(min_length=1, description="Modality plugin names.")
+    languages: tuple[str, ...] = Field(
+        min_length=1, description="Language plugin codes; the anchor (English) must be one."
+    )
+    embed_dim: int = Field(256, gt=0, description="Dimension of the shared embedding space.")
+    init_temperature: float = Field(
+        0.07, gt=0, lt=1, description="Initial softmax temperature of the contrastive logits."
+    )
+    image: ImageTowerConfig = Field(default_factory=ImageTowerConfig)
+    text: TextTowerConfig = Field(default_factory=TextTowerConfig)
+
+    @field_validator("config_version")
+    @classmethod
+    def _supported_version(cls, version: int) -> int:
+        if version != CONFIG_VERSION:
+            raise ValueError(f"version {version} is unsupported; this m3fm reads {CONFIG_VERSION}")
+        return version
+
+
+class AlignLossConfig(_Config):
+    """The terms of the stage-1 objective."""
+
+    pivot: Literal["contrastive", "distill"] = Field(
+        "contrastive",
+        description="How a non-English report is pulled to its English parallel: a symmetric "
+        "text–text InfoNCE, or distillation (cosine distance to the detached English embedding).",
+    )
+    pivot_weight: float = Field(1.0, ge=0, description="Weight of the pivot term.")
+    image_other_language: bool = Field(
+        False,
+        description="Also contrast images with non-English reports. Supervised setting only: "
+        "off keeps the zero-shot setting honest (no image is ever paired with such a report).",
+    )

@@ -1,0 +1,181 @@
+"""Training pairs for alignment, and the deterministic batch plan of every epoch.
+
+From the records of any data sets it builds image–report pairs (anchor language only, unless
+the supervised image–other-language term is on) and anchor–other parallel report pairs (two
+records sharing a ``group``).  Images are preprocessed once through their modality plugin and
+kept in memory; an image that fails to load is skipped with a warning and counted, never
+crashing an epoch.
+
+Every batch holds one modality, so the contrastive negatives of an image are images of its own
+domain.  The plan of an epoch depends only on (seed, epoch), so every rank of a distributed run
+and a resumed run see exactly the same sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from m3fm.imaging import preprocess
+from m3fm.progress import track
+from m3fm.registry import LanguageSpec, M3fmError, Record, UsageError, get_registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageReport:
+    """An image and one of its reports (normalised)."""
+
+    image: Path
+    modality: str
+    language: str
+    text: str
+
+
+@dataclass(frozen=True)
+class ParallelReports:
+    """The anchor-language report of an image and its translation into another language."""
+
+    anchor: str
+    other: str
+    language: str
+
+
+def anchor_language(languages: Sequence[str]) -> LanguageSpec:
+    """The one language every other configured language pivots through (English)."""
+    registry = get_registry()
+    specs = [registry.language(code) for code in languages]
+    anchors = [spec for spec in specs if spec.pivot is None]
+    if len(anchors) != 1:
+        found = ", ".join(spec.code for spec in anchors) or "none"
+        raise UsageError(f"configure exactly one anchor language (pivot none); found: {found}")
+    for spec in specs:
+        if spec.pivot not in (None, anchors[0].code):
+            raise UsageError(
+                f"language {spec.code!r} pivots through {spec.pivot!r}, which is not the anchor "
+                f"{anchors[0].code!r}; chained pivots are not supported"
+            )
+    return anchors[0]
+
+
+@dataclass
+class AlignmentPairs:
+    """The pairs of one split, with the preprocessed images they refer to."""
+
+    image_reports: list[ImageReport]
+    parallel: list[ParallelReports]
+    images: dict[Path, torch.Tensor] = field(repr=False)
+    skipped_images: dict[Path, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_records(
+        cls, records: Sequence[Record], *, split: str, modalities: Sequence[str],
+        languages: Sequence[str], image_other_language: bool = False,
+    ) -> AlignmentPairs:
+        """Pairs of `split` for the configured modalities and languages; loads the images."""
+        registry = get_registry()
+        anchor = anchor_language(languages).code
+        normalize = {code: registry.language(code).normalize for code in languages}
+        chosen = [r for r in records if r.split == split and r.language in languages]
+        image_reports = [
+            ImageReport(r.image, r.modality, r.language, normalize[r.language](r.report))
+            for r in chosen
+            if r.image is not None and r.modality in modalities and r.report.strip()
+            and (r.language == anchor or image_other_language)
+        ]
+        parallel = _parallel_reports(chosen, anchor, normalize)
+        images, skipped = _load_images(image_reports)
+        kept = [pair for pair in image_reports if pair.image in images]
+        for modality in modalities:
+            if not any(pair.modality == modality for pair in kept):
+                raise M3fmError(
+                    f"no usable {modality} image–report pairs in split {split!r}: the data hold "
+                    f"no {modality} images with {anchor} reports, or none of them could be read"
+                )
+        return cls(kept, parallel, images, skipped)
+
+
+def _parallel_reports(records, anchor: str, normalize) -> list[ParallelReports]:
+    by_group: dict[str, dict[str, Record]] = defaultdict(dict)
+    for record in records:
+        if record.group is not None and record.report.strip():
+            by_group[record.group].setdefault(record.language, record)
+    return [
+        ParallelReports(normalize[anchor](group[anchor].report),
+                        normalize[language](record.report), language)
+        for group in by_group.values() if anchor in group
+        for language, record in sorted(group.items()) if language != anchor
+    ]
+
+
+def _load_images(pairs: Sequence[ImageReport]) -> tuple[dict[Path, torch.Tensor], dict[Path, str]]:
+    registry = get_registry()
+    unique = {pair.image: pair.modality for pair in pairs}
+    images, skipped = {}, {}
+    for path, modality in track(list(unique.items()), "preprocessing images"):
+        try:
+            images[path] = preprocess(registry.modality(modality), path)
+        except M3fmError as exc:
+            skipped[path] = str(exc)
+            log.warning("skipping image: %s", exc)
+    return images, skipped
+
+
+@dataclass(frozen=True)
+class Step:
+    """One optimiser step's share of this rank: image–report pairs and parallel pairs."""
+
+    modality: str
+    image_reports: tuple[int, ...]
+    parallel: tuple[int, ...]
+
+
+def plan_epoch(
+    pairs: AlignmentPairs, *, epoch: int, seed: int, batch_size: int, rank: int = 0,
+    world_size: int = 1,
+) -> list[Step]:
+    """This rank's steps of one epoch; a function of (seed, epoch) only, so ranks agree.
+
+    Each modality's pairs are shuffled and cut into global batches of ``batch_size``
+    (dropping the remainder, so every rank gets equal slices); the batches of all modalities
+    are then shuffled together, and each step also takes the next slice of the shuffled,
+    cycled parallel pairs.
+    """
+    if batch_size % world_size:
+        raise UsageError(f"batch_size {batch_size} must be divisible by the {world_size} processes")
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    by_modality: dict[str, list[int]] = defaultdict(list)
+    for index, pair in enumerate(pairs.image_reports):
+        by_modality[pair.modality].append(index)
+    batches = []
+    for modality in sorted(by_modality):
+        indices = by_modality[modality]
+        order = torch.randperm(len(indices), generator=generator).tolist()
+        size = min(batch_size, len(indices) - len(indices) % world_size)
+        if size == 0:  # fewer pairs than processes: this modality cannot be split evenly
+            continue
+        for start in range(0, len(order) - size + 1, size):
+            batches.append((modality, [indices[i] for i in order[start:start + size]]))
+    batch_order = torch.randperm(len(batches), generator=generator).tolist()
+    parallel_order = torch.randperm(len(pairs.parallel), generator=generator).tolist()
+    steps, cursor = [], 0
+    for index in batch_order:
+        modality, members = batches[index]
+        share = len(members) // world_size
+        parallel_share = []
+        if parallel_order:
+            parallel_share = [
+                parallel_order[(cursor + i) % len(parallel_order)]
+                for i in range(rank * share, (rank + 1) * share)
+            ]
+            cursor += len(members)
+        steps.append(Step(
+            modality, tuple(members[rank * share:(rank + 1) * share]), tuple(parallel_share)
+        ))
+    return steps

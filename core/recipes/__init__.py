@@ -1,0 +1,110 @@
+"""Named, versioned training recipes shipped with m3fm, and recipe files of your own.
+
+A recipe is a TOML (or YAML) file validated by :class:`AlignRecipe`; ``--set key=value``
+overrides any field by its dotted path (``train.max_steps=50``, ``model.image.backbone=resnet10t``),
+the value read as YAML (numbers, booleans, lists).  Every error names the field and the file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from m3fm.alignment.config import AlignLossConfig, AlignModelConfig
+from m3fm.registry import ConfigError, UnknownNameError
+from m3fm.training import TrainConfig
+from m3fm.validation import describe_validation_error
+
+RECIPE_DIR = Path(__file__).parent
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSource(_Config):
+    """One data set the recipe reads."""
+
+    path: str = Field(".", description="Folder or file, relative to `--data` (or absolute).")
+    format: str | None = Field(None, description="Dataset format name; None detects it.")
+
+
+class AlignDataConfig(_Config):
+    """Which data, which splits, how they are batched."""
+
+    sources: tuple[DataSource, ...] = Field(min_length=1, description="Data sets to read.")
+    train_split: str = Field("train", description="Split trained on.")
+    val_split: str = Field("val", description="Split evaluated on during training.")
+    batch_size: int = Field(32, gt=1, description="Global batch size (all processes together).")
+    augment: bool = Field(
+        True, description="Random crops (scale 0.8–1) of training images, seeded per step."
+    )
+
+
+class AlignRecipe(_Config):
+    """Stage 1: contrastive alignment of images and reports (MultiMedCLIP)."""
+
+    name: str = Field(description="Recipe name.")
+    version: int = Field(ge=1, description="Bumped whenever the recipe's results would change.")
+    description: str = Field("", description="What the recipe trains and on which data.")
+    stage: Literal["align"] = Field(description="Training stage this recipe is for.")
+    data: AlignDataConfig
+    model: AlignModelConfig
+    loss: AlignLossConfig = Field(default_factory=AlignLossConfig)
+    train: TrainConfig
+
+
+def available_recipes() -> list[str]:
+    """Names of the recipes shipped with m3fm."""
+    return sorted(path.stem for path in RECIPE_DIR.glob("*.toml"))
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """The file of a shipped recipe by name, or a recipe file given by path."""
+    shipped = RECIPE_DIR / f"{name_or_path}.toml"
+    if shipped.is_file():
+        return shipped
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    raise UnknownNameError("recipe", name_or_path, available_recipes())
+
+
+def load_recipe(name_or_path: str, overrides: dict[str, str] | None = None) -> AlignRecipe:
+    """Read, override and validate a recipe; raises ConfigError naming file and field."""
+    path = recipe_path(name_or_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read recipe: {' '.join(str(exc).split())}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections")
+    for key, value in (overrides or {}).items():
+        _set_path(data, key, _parse_value(value), path)
+    try:
+        return AlignRecipe.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe_validation_error(exc)}") from exc
+
+
+def _parse_value(value: str) -> Any:
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any, path: Path) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{path}: --set {dotted}: {part!r} is not a section")
+        node = child
+    node[leaf] = value
