@@ -67,6 +67,12 @@ def test_ranks_split_each_global_batch_evenly():
         assert first.parallel + second.parallel == step.parallel
 
 
+def test_parallel_batches_can_be_smaller():
+    plan = plan_epoch(_pairs(), epoch=0, seed=0, batch_size=4, parallel_batch_size=2)
+    assert all(len(step.parallel) == 2 for step in plan)
+    assert len({i for step in plan for i in step.parallel}) == 2 * len(plan)  # cycled, no repeats
+
+
 def test_batch_size_must_divide_among_processes():
     with pytest.raises(Exception, match="divisible by the 3 processes"):
         plan_epoch(_pairs(), epoch=0, seed=0, batch_size=4, world_size=3)

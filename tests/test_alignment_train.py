@@ -180,3 +180,20 @@ def test_distributed_contrastive_loss_equals_the_full_batch_loss(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ddp-loss-ok" in result.stdout
+
+
+@pytest.mark.slow
+def test_alignment_trains_under_torchrun_with_two_processes(tmp_path):
+    """The real CLI under torchrun: two gloo ranks share each batch and agree on the weights."""
+    data = write_cov_ctr(tmp_path / "data")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "m3fm.cli", "train", "--recipe", "cov-ctr-align", "--data", str(data), "--out",
+         str(tmp_path / "run"), *tiny_overrides("train.max_steps=3")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metadata = json.loads((tmp_path / "run" / "final" / "metadata.json").read_text())
+    assert metadata["world_size"] == 2 and metadata["step"] == 3
+    model = m3fm.load(tmp_path / "run" / "final")
+    assert model.embed_texts(["No effusion."], lang="en").isfinite().all()

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from alignment_fixtures import tiny_overrides, write_cov_ctr
 from conftest import REPO
+
+from m3fm.cli import main
 
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 DOC_FILES = [*sorted((REPO / "docs").rglob("*.md")), REPO / "README.md"]
@@ -20,9 +24,25 @@ EXAMPLES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A folder holding what the examples name: a trained model in runs/align/final, scan.png."""
+    root = tmp_path_factory.mktemp("docs")
+    data = write_cov_ctr(root / "data")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--recipe", "cov-ctr-align", "--data", str(data), "--out",
+              str(root / "runs" / "align"), *tiny_overrides("train.max_steps=2")])
+    assert exit_info.value.code == 0
+    shutil.copy(data / "images" / "val-0.png", root / "scan.png")
+    return root
+
+
 @pytest.mark.parametrize("code", EXAMPLES)
-def test_python_example_runs(code: str, monkeypatch, tmp_path):
-    monkeypatch.chdir(REPO)
+def test_python_example_runs(code: str, monkeypatch, workspace):
+    real_data = REPO.parent / "shared" / "data"
+    if "M3FM_DATA" not in os.environ and real_data.is_dir():
+        monkeypatch.setenv("M3FM_DATA", str(real_data))
+    monkeypatch.chdir(workspace)
     exec(compile(code, "<docs example>", "exec"), {"__name__": "docs_example"})
 
 

@@ -137,18 +137,21 @@ class Step:
 
 
 def plan_epoch(
-    pairs: AlignmentPairs, *, epoch: int, seed: int, batch_size: int, rank: int = 0,
-    world_size: int = 1,
+    pairs: AlignmentPairs, *, epoch: int, seed: int, batch_size: int,
+    parallel_batch_size: int | None = None, rank: int = 0, world_size: int = 1,
 ) -> list[Step]:
     """This rank's steps of one epoch; a function of (seed, epoch) only, so ranks agree.
 
     Each modality's pairs are shuffled and cut into global batches of ``batch_size``
     (dropping the remainder, so every rank gets equal slices); the batches of all modalities
-    are then shuffled together, and each step also takes the next slice of the shuffled,
-    cycled parallel pairs.
+    are then shuffled together, and each step also takes the next ``parallel_batch_size``
+    (default: ``batch_size``) of the shuffled, cycled parallel pairs.
     """
-    if batch_size % world_size:
-        raise UsageError(f"batch_size {batch_size} must be divisible by the {world_size} processes")
+    parallel_batch_size = parallel_batch_size or batch_size
+    for name, size in (("batch_size", batch_size), ("parallel_batch_size", parallel_batch_size)):
+        if size % world_size:
+            raise UsageError(f"{name} {size} must be divisible by the {world_size} processes")
+    parallel_share = parallel_batch_size // world_size
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     by_modality: dict[str, list[int]] = defaultdict(list)
     for index, pair in enumerate(pairs.image_reports):
@@ -168,14 +171,14 @@ def plan_epoch(
     for index in batch_order:
         modality, members = batches[index]
         share = len(members) // world_size
-        parallel_share = []
+        parallel = []
         if parallel_order:
-            parallel_share = [
+            parallel = [
                 parallel_order[(cursor + i) % len(parallel_order)]
-                for i in range(rank * share, (rank + 1) * share)
+                for i in range(rank * parallel_share, (rank + 1) * parallel_share)
             ]
-            cursor += len(members)
+            cursor += parallel_batch_size
         steps.append(Step(
-            modality, tuple(members[rank * share:(rank + 1) * share]), tuple(parallel_share)
+            modality, tuple(members[rank * share:(rank + 1) * share]), tuple(parallel)
         ))
     return steps

@@ -121,7 +121,9 @@ class AlignmentTask:
     def batches(self, epoch: int) -> EpochBatches:
         steps = plan_epoch(
             self.pairs, epoch=epoch, seed=self.recipe.train.seed,
-            batch_size=self.recipe.data.batch_size, rank=self.rank, world_size=self.world_size,
+            batch_size=self.recipe.data.batch_size,
+            parallel_batch_size=self.recipe.data.parallel_batch_size,
+            rank=self.rank, world_size=self.world_size,
         )
         return EpochBatches(self, steps, epoch)
 

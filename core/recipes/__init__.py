@@ -39,7 +39,14 @@ class AlignDataConfig(_Config):
     sources: tuple[DataSource, ...] = Field(min_length=1, description="Data sets to read.")
     train_split: str = Field("train", description="Split trained on.")
     val_split: str = Field("val", description="Split evaluated on during training.")
-    batch_size: int = Field(32, gt=1, description="Global batch size (all processes together).")
+    batch_size: int = Field(
+        32, gt=1, description="Image–report pairs per step (all processes together)."
+    )
+    parallel_batch_size: int | None = Field(
+        None, gt=1,
+        description="Parallel report pairs per step for the pivot term; None = batch_size. "
+        "Smaller is faster: each pair costs two text-encoder passes.",
+    )
     augment: bool = Field(
         True, description="Random crops (scale 0.8–1) of training images, seeded per step."
     )
