@@ -164,3 +164,19 @@ def test_recipe_overrides_and_their_errors(tmp_path):
     broken.write_text("name = [")
     with pytest.raises(ConfigError, match=r"broken\.toml: cannot read recipe"):
         load_recipe(str(broken))
+
+
+def test_recipe_files_may_be_yaml(tmp_path):
+    import tomllib
+
+    import yaml
+
+    from m3fm.recipes import recipe_path
+
+    data = tomllib.loads(recipe_path("cov-ctr-align").read_text())
+    data["name"] = "my-align"
+    path = tmp_path / "my-align.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    assert load_recipe(str(path)) == load_recipe("cov-ctr-align").model_copy(
+        update={"name": "my-align"}
+    )

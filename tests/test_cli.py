@@ -166,3 +166,8 @@ def test_data_summary_on_cov_ctr(capsys, data_root):
     counts = {(row["split"], row["language"]): row["records"] for row in json.loads(out)["counts"]}
     assert code == 0
     assert counts[("train", "en")] == counts[("train", "zh")] == 576
+
+
+def test_recipes_lists_the_shipped_recipes(capsys):
+    code, out, _ = run_cli(capsys, "recipes")
+    assert code == 0 and "cov-ctr-align" in out and "multidomain-align" in out
