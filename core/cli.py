@@ -335,7 +335,7 @@ def evaluate(checkpoint: Path, data_dir: Path, format_name: str | None, split: s
             f"m3fm {__version__} cannot evaluate {task} yet: only retrieval is implemented"
         )
     from m3fm.alignment.retrieval import evaluate_retrieval, retrieval_sets
-    from m3fm.data import read_dataset
+    from m3fm.data import read_records
     from m3fm.embedding import load
 
     embedder = load(checkpoint)
@@ -343,7 +343,7 @@ def evaluate(checkpoint: Path, data_dir: Path, format_name: str | None, split: s
     if language is not None:
         get_registry().language(language)
         languages = (language,)
-    records = read_dataset(data_dir, format_name).records
+    records = read_records(data_dir, format_name)
     sets = retrieval_sets(records, split=split, modalities=embedder.modalities,
                           languages=languages)
     if not sets:

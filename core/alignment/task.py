@@ -14,7 +14,7 @@ from m3fm.alignment.data import AlignmentPairs, Step, plan_epoch
 from m3fm.alignment.losses import contrastive_loss, distillation_loss
 from m3fm.alignment.model import MultiMedCLIP
 from m3fm.alignment.retrieval import evaluate_retrieval, retrieval_sets
-from m3fm.data import read_dataset
+from m3fm.data import read_records
 from m3fm.embedding import Embedder
 from m3fm.recipes import AlignRecipe
 from m3fm.registry import Record
@@ -29,13 +29,10 @@ CROP_SCALE = (0.8, 1.0)
 
 def read_sources(recipe: AlignRecipe, data_dir: Path) -> list[Record]:
     """Records of every data source of the recipe; skipped rows are logged with their place."""
-    records: list[Record] = []
-    for source in recipe.data.sources:
-        result = read_dataset(data_dir / source.path, source.format)
-        for problem in result.problems:
-            log.warning("skipped %s: %s", problem.source, problem.message)
-        records.extend(result.records)
-    return records
+    return [
+        record for source in recipe.data.sources
+        for record in read_records(data_dir / source.path, source.format)
+    ]
 
 
 @dataclass

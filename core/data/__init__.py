@@ -6,11 +6,14 @@ Each format is a :class:`~m3fm.registry.DatasetSpec` found through the plugin re
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from m3fm.registry import DataFormatError, ReadResult, get_registry
+from m3fm.registry import DataFormatError, ReadResult, Record, get_registry
+
+log = logging.getLogger(__name__)
 
 SPLIT_ORDER = ("train", "val", "test")
 
@@ -40,6 +43,17 @@ def read_dataset(path: str | Path, format: str | None = None) -> ReadResult:
             f" {', '.join(tried) or 'none'}); pass the format by name"
         )
     return registry.dataset(matched[0]).read(path)
+
+
+def read_records(path: str | Path, format: str | None = None) -> list[Record]:
+    """The usable records of a data set; every skipped row is logged as a warning with its place.
+
+    For commands that consume data (training, evaluation) rather than inspect it.
+    """
+    result = read_dataset(path, format)
+    for problem in result.problems:
+        log.warning("skipped %s: %s", problem.source, problem.message)
+    return list(result.records)
 
 
 def summarize(result: ReadResult) -> list[dict[str, Any]]:
@@ -74,4 +88,4 @@ def _summary_order(item: tuple[tuple[str, str | None, str], int]) -> tuple[Any, 
     return rank, split, modality or "", language
 
 
-__all__ = ["read_dataset", "summarize"]
+__all__ = ["read_dataset", "read_records", "summarize"]
