@@ -44,6 +44,8 @@ def test_wheel_holds_exactly_the_layout_modules(tmp_path):
         for name in names if name.endswith(".py")
     }
     assert in_wheel == set(_source_modules())
+    shipped = {path.name for path in (REPO / "core" / "recipes").glob("*.toml")}
+    assert shipped and {f"m3fm/recipes/{name}" for name in shipped} <= set(names)
     entry_points = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith("entry_points.txt"))
     ).decode()
