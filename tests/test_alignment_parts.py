@@ -180,3 +180,10 @@ def test_recipe_files_may_be_yaml(tmp_path):
     assert load_recipe(str(path)) == load_recipe("cov-ctr-align").model_copy(
         update={"name": "my-align"}
     )
+
+
+def test_supervised_batches_never_mix_report_languages():
+    pairs = _pairs(ct=8, cxr=0)
+    pairs.image_reports += [ImageReport(Path(f"ct{i}"), "ct", "zh", f"z{i}") for i in range(8)]
+    for step in plan_epoch(pairs, epoch=0, seed=0, batch_size=4):
+        assert len({pairs.image_reports[i].language for i in step.image_reports}) == 1

@@ -6,9 +6,9 @@ records sharing a ``group``).  Images are preprocessed once through their modali
 kept in memory; an image that fails to load is skipped with a warning and counted, never
 crashing an epoch.
 
-Every batch holds one modality, so the contrastive negatives of an image are images of its own
-domain.  The plan of an epoch depends only on (seed, epoch), so every rank of a distributed run
-and a resumed run see exactly the same sequence.
+Every batch holds one modality (and one report language), so the contrastive negatives of an
+image are images of its own domain.  The plan of an epoch depends only on (seed, epoch), so
+every rank of a distributed run and a resumed run see exactly the same sequence.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def plan_epoch(
 ) -> list[Step]:
     """This rank's steps of one epoch; a function of (seed, epoch) only, so ranks agree.
 
-    Each modality's pairs are shuffled and cut into global batches of ``batch_size``
+    Each (modality, language)'s pairs are shuffled and cut into global batches of ``batch_size``
     (dropping the remainder, so every rank gets equal slices); the batches of all modalities
     are then shuffled together, and each step also takes the next ``parallel_batch_size``
     (default: ``batch_size``) of the shuffled, cycled parallel pairs.
@@ -153,12 +153,14 @@ def plan_epoch(
             raise UsageError(f"{name} {size} must be divisible by the {world_size} processes")
     parallel_share = parallel_batch_size // world_size
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    by_modality: dict[str, list[int]] = defaultdict(list)
+    # One modality and one report language per batch: an image's reports in two languages
+    # (supervised setting) must not be each other's negatives.
+    by_kind: dict[tuple[str, str], list[int]] = defaultdict(list)
     for index, pair in enumerate(pairs.image_reports):
-        by_modality[pair.modality].append(index)
+        by_kind[pair.modality, pair.language].append(index)
     batches = []
-    for modality in sorted(by_modality):
-        indices = by_modality[modality]
+    for modality, language in sorted(by_kind):
+        indices = by_kind[modality, language]
         order = torch.randperm(len(indices), generator=generator).tolist()
         size = min(batch_size, len(indices) - len(indices) % world_size)
         if size == 0:  # fewer pairs than processes: this modality cannot be split evenly
