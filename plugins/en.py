@@ -29,7 +29,8 @@ from __future__ import annotations
 import html
 import re
 
-from m3fm.registry import LanguageSpec, hookimpl
+from m3fm.findings import FindingRules, Location, Negation
+from m3fm.registry import Finding, LanguageSpec, hookimpl
 from m3fm.text import (
     collapse_punctuation_runs,
     collapse_whitespace,
@@ -241,6 +242,18 @@ FINDING_NAMES = {
     "covid19": "COVID-19 pneumonia",
     "ground_glass_opacity": "ground-glass opacity",
     "lymphadenopathy": "mediastinal lymphadenopathy",
+    "patchy_opacity": "patchy opacity",
+    "reticulation": "reticular opacity",
+    "linear_opacity": "linear opacity",
+    "air_bronchogram": "air bronchogram",
+    "cavity": "pulmonary cavity",
+    "bronchiectasis": "bronchiectasis",
+    "calcification": "calcification",
+    "crazy_paving": "crazy-paving pattern",
+    "subpleural_line": "subpleural line",
+    "tree_in_bud": "tree-in-bud pattern",
+    "vascular_enlargement": "vascular enlargement",
+    "pericardial_effusion": "pericardial effusion",
 }
 """Label id → radiology term, singular and without article, to read well in every template."""
 
@@ -259,6 +272,258 @@ NEGATIVE_TEMPLATES = (
     "There is no {finding}.",
 )
 
+# Finding extraction.  Terms per label id, matched case-insensitively in normalised text.
+# They cover the CT wording of COV-CTR (a translation of Chinese reports, hence "solid
+# shadow" for consolidation and "lamellar shadow" for a patchy one) and the chest X-ray
+# wording of IU X-ray.  Modifiers that belong to a finding are part of its term, so that
+# "patchy" in "patchy ground glass shadow" is not also read as a patchy opacity.
+# Size, number and shape words that may precede a finding's name.
+_SIZE = (
+    r"(?:(?:small|large|big|faint|pale|multiple|diffuse|scattered|limited|localized|"
+    r"halo-like|striated|striped|patch(?:y|es of)|lamellar|flaky)\s+)*"
+)
+# Fluid density, and the pleural space, as translated CT reports describe an effusion
+# ("curved low density shadow was seen in the right thoracic cavity").
+_FLUID = r"\b(?:low[- ]density|hypo(?:intense|dense)|liquid|fluid)\b"
+_PLEURAL_SPACE = r"\b(?:thora(?:x|cic\s+cavit(?:y|ies))|(?:chest|pleural)\s+cavit(?:y|ies))\b"
+_FINDING_TERMS = {
+    "ground_glass_opacity": (
+        rf"{_SIZE}(?:(?:ground|hairy|frosted)[- ]?glass|glassy|GGOs?\b)"
+        r"(?:\s+(?:opacit(?:y|ies)|shadows?|densit(?:y|ies)))?"
+    ),
+    "consolidation": (
+        rf"{_SIZE}(?:(?:airspace|alveolar|lobar)\s+)?consolidat\w*"
+        rf"|{_SIZE}solid(?=\s+(?:shadows?|lesions?|changes?|densit|opacit|and\b))"
+        r"(?:\s+(?:shadows?|lesions?|changes?|densit(?:y|ies)|opacit(?:y|ies)))?"
+    ),
+    "patchy_opacity": (
+        r"\bpatch(?:y|es)\b|\blamell\w*|\bflak(?:y|es)\b"
+        r"|\b(?:(?:airspace|alveolar|hazy|focal|patchy|parenchymal)\s+)*(?:opacit(?:y|ies)|"
+        r"airspace disease)"
+    ),
+    "reticulation": (
+        r"\b(?:reticul\w*|grid(?:-like)?|mesh(?:-like)?|lattice)\b"
+        r"|\binterstitial\s+(?:opacit(?:y|ies)|markings?|pattern|thickening|changes?|prominence)"
+        r"|\bseptal thickening"
+    ),
+    "linear_opacity": (
+        r"\b(?:(?:lamellar|small|multiple|fine)\s+)*(?:cords?|cord-like|strip(?:e|es|s)?|"
+        r"striped|striat\w+|stria(?:e|tions?)?)\b(?!\s+(?:solid|ground|glass))"
+        r"|\b(?:linear|fibrous)\s+(?:opacit(?:y|ies)|shadows?|densit(?:y|ies)|strands?|stripes?)"
+    ),
+    "nodule": r"\b(?:micro)?nodul(?:e|es|ar)\b|\bgranulomas?\b",
+    "mass": r"\bmass(?:es)?\b",
+    "lymphadenopathy": (
+        r"\b(?:lymphadenopathy|adenopathy)\b"
+        r"|\b(?:enlarged|swollen|enlargement of)\s+(?:\w+\s+){0,2}?lymph\s+nodes?"
+        r"|\blymph\s+nodes?\s+(?:were\s+|was\s+|is\s+|are\s+)?(?:enlarged|enlargement)"
+    ),
+    "effusion": (
+        r"\b(?:pleural\s+)?effusions?\b|\bhydrothorax\b|\bpleural\s+fluid\b"
+        rf"|{_FLUID}[^,;]{{0,40}}?{_PLEURAL_SPACE}|{_PLEURAL_SPACE}[^,;]{{0,40}}?{_FLUID}"
+    ),
+    "pericardial_effusion": (
+        r"\bpericardial\s+effusions?\b"
+        rf"|{_FLUID}[^,;]{{0,40}}?\bpericardi\w*|\bpericardi\w*[^,;]{{0,40}}?{_FLUID}"
+    ),
+    "pneumothorax": (
+        r"\bpneumothora\w*"
+        r"|\bgas(?:[\s-]+\w+){0,3}?\s+shadows?\s+(?:(?:was|were|is|are)\s+)?(?:seen\s+)?"
+        r"in\s+the\s+(?:\w+\s+)?(?:thora\w*|chest\b|pleural\s+cavit\w*)"
+    ),
+    "pleural_thickening": (
+        r"\bpleura\w*\b[^,;]{0,30}?\bthicken\w*|\bthicken\w*[^,;]{0,30}?\bpleura\w*"
+    ),
+    "atelectasis": r"\batelecta\w*|\bcollapsed?\b|\bcompress(?:ed|ion)\b",
+    "air_bronchogram": (
+        r"\bair[- ]?bronchogram\w*|\bbronch\w*\s+(?:gas|air|inflation)\s+(?:images?|signs?)"
+    ),
+    "cavity": (
+        r"(?<!thoracic )(?<!chest )(?<!pleural )(?<!pericardial )(?<!abdominal )(?<!oral )"
+        r"\bcavit(?:y|ies|ation|ary)\b"
+    ),
+    "bronchiectasis": (
+        r"\bbronchiectas\w*|\bbronch\w*[^,;]{0,120}?\b(?:widen|dilat)\w*"
+        r"|\b(?:widen|dilat)\w*\s+(?:of\s+)?(?:the\s+)?bronch\w*"
+    ),
+    "calcification": r"\bcalcif\w*",
+    "crazy_paving": r"\b(?:paving[- ]stone|crazy[- ]paving)\b",
+    "subpleural_line": r"\bsub-?pleural\s+lines?\b",
+    "tree_in_bud": r"\btree[- ](?:in[- ])?bud\b|\bdendritic\s+signs?\b",
+    "vascular_enlargement": (
+        r"\b(?:thickened|enlarged|dilated|widened)\s+(?:blood\s+)?(?:vessels?|vascular)\b"
+        r"|\b(?:blood\s+)?vessels?\s+(?:\w+\s+){0,3}?(?:were|was|are|is)\s+"
+        r"(?:thickened|enlarged|dilated)\b|\bvascular\s+(?:thickening|enlargement)\b"
+    ),
+    "emphysema": r"\bemphysema\w*|\bbull(?:a|ae|ous)\b|\bhyperinfla\w+|\bhyperexpan\w+",
+    "fibrosis": r"\bfibros\w+|\bfibrotic\b|\bhoneycomb\w*|\bscar(?:s|ring)?\b",
+    "edema": r"\bo?edema\b",
+    "pneumonia": r"\bpneumon(?:ia|itis)\b",
+    "infiltration": r"\binfiltrat\w*",
+    "hernia": r"\bhernia\w*",
+    "cardiomegaly": (
+        r"\bcardiomegaly\b|\bcardiac enlargement\b|\benlarged (?:heart|cardiac silhouette)\b"
+        r"|\b(?:heart|cardiac)(?:\s+(?:size|silhouette|shadow))?\s+(?:is|was|are|appears?|remains?)"
+        r"\s+(?:\w+\s+)?(?:large|enlarged)\b"
+    ),
+}
+# Phrases that state a finding is absent by themselves, with no negation cue to find.
+# "The heart and mediastinum", "Heart size and pulmonary vascularity": a second subject.
+_HEART_AND = r"(?:\s+and\s+(?:the\s+)?(?:\w+\s+)?\w+)?"
+_ABSENT_FINDING_TERMS = {
+    "cardiomegaly": (
+        rf"\b(?:heart|cardiac|cardiomediastinal)(?:\s+(?:size|silhouette|shadow|contours?))?"
+        rf"{_HEART_AND}\s+"
+        r"(?:(?:is|are|was|were|appears?|remains?)\s+)?(?:normal|within normal limits|"
+        r"not (?:large|enlarged)|unremarkable)"
+        r"|\bnormal(?:-sized| size of the)? (?:heart|cardiac)(?:\s+(?:size|silhouette))?"
+    ),
+}
+# Cues that negate what follows them in a clause.
+_NEGATION_BEFORE = re.compile(
+    r"\b(?:no|not|without|negative for|free of|absence of|resolution of)\b", re.IGNORECASE
+)
+# Cues that negate what precedes them: "pneumothorax is not seen", "the effusion has resolved".
+_NEGATION_AFTER = re.compile(
+    r"\b(?:(?:is|are|was|were)\s+not\s+(?:seen|present|identified|visuali[sz]ed|noted|"
+    r"detected|demonstrated|evident|appreciated|observed)|(?:is|are|was|were)\s+absent"
+    r"|(?:has|have)\s+resolved)\b",
+    re.IGNORECASE,
+)
+# Look like negation cues but deny no finding: "no change in", "cannot be excluded".
+_PSEUDO_NEGATION = re.compile(
+    r"\b(?:no\s+(?:significant\s+|interval\s+)?changes?|not\s+only|no\s+longer\s+present"
+    r"|cannot\s+be\s+(?:excluded|ruled\s+out)|not\s+(?:be\s+)?(?:excluded|ruled\s+out))\b",
+    re.IGNORECASE,
+)
+# Words after which a negation no longer reaches: "no effusion, but ..." within one clause.
+_NEGATION_TERMINATORS = re.compile(
+    r"\b(?:but|however|although|though|whereas|while|except|yet|which)\b", re.IGNORECASE
+)
+# A finite verb: a comma before a segment with one starts a new clause, not a list item.
+_VERB = re.compile(
+    r"\b(?:is|are|was|were|be|been|has|have|had|seen|noted|shows?|showed|shown|demonstrat\w+|"
+    r"appears?|appeared|remains?|remained|measur\w+|visuali[sz]ed|identified|suggests?|may|"
+    r"can|could|might)\b",
+    re.IGNORECASE,
+)
+# A list item that closes a list: "No effusion, pneumothorax, or consolidation (is seen)",
+# "No consolidation, effusion/pneumothorax".
+_CLOSES_LIST = re.compile(r"^(?:or|nor)\b|\s(?:or|nor)\s|\w/\w", re.IGNORECASE)
+# A segment that only names more places: ", the lower lobe of both lungs and ...".
+_PLACE_LIST_ITEM = re.compile(r"^(?:and\s+)?the\b", re.IGNORECASE)
+# Any finding term at all, to tell a list of places from a clause stating a finding.
+_ANY_FINDING_TERM = re.compile("|".join(_FINDING_TERMS.values()), re.IGNORECASE)
+
+# One or more lobes: "upper", "upper and lower", "upper lobe and lower".
+_LOBES = (
+    r"(?:upper|middle|lower)"
+    r"(?:(?:\s+lobes?)?\s*(?:,|and|or|&)\s*(?:the\s+)?(?:upper|middle|lower))*"
+)
+# Places, as one alternation tried left to right: lobes before their lung ("the upper and
+# lower lobes of both lungs", "the dorsal segment of the lower lobe of the right lung"), lung
+# before lobe ("right upper lobe"), a lobe alone, zones written as base or apex, the lingula
+# (part of the left upper lobe), a side alone ("both lungs", "left thoracic cavity",
+# "bilaterally"), and the mediastinum (a place with no side).
+_PLACE = re.compile(
+    rf"\b(?P<lobes_of>{_LOBES})\s+(?:\w+\s+)?lobes?\s+of\s+(?:the\s+)?"
+    r"(?P<side_of>right|left|both|bilateral|two)\s+lungs?"
+    rf"|\b(?P<side_lobe>right|left)\s+(?:lung\s+)?(?P<lobes>{_LOBES})\s+lobes?"
+    rf"|\b(?P<lobes_only>{_LOBES})\s+(?:\w+\s+)?lobes?\b"
+    r"|\b(?P<side_zone>right|left|bilateral|both)\s+(?:lung\s+)?(?:(?P<base>bas(?:e|es|al|ilar))"
+    r"|ap(?:ex|ices|ical))\b"
+    r"|\b(?P<bibasilar>bibasilar|bibasal)\b|\b(?P<biapical>biapical)\b"
+    r"|\b(?P<lingula>lingula\w*|lingual|tongue segment)\b"
+    r"|\b(?P<side>right|left|both|bilateral|two)\s+(?:\w+\s+)?(?:lungs?|thora\w*|hemithora\w*|"
+    r"chest|pleura\w*|sides?|hil\w+|pulmonary)\b|\b(?P<bilaterally>bilaterally)\b"
+    r"|\b(?P<mediastinum>mediastin\w*)\b",
+    re.IGNORECASE,
+)
+# Each lobe named in a match of _LOBES.
+_LOBE_WORD = re.compile(r"upper|middle|lower", re.IGNORECASE)
+_SIDE_WORDS = {"right": "right", "left": "left", "both": "both", "bilateral": "both", "two": "both"}
+
+
+def _locate(clause: str) -> list[Location]:
+    """Sides and lobes a clause names, in text order (mediastinum: a place without either)."""
+    places: list[Location] = []
+    for match in _PLACE.finditer(clause):
+        groups = {name: value.lower() for name, value in match.groupdict().items() if value}
+        side = _SIDE_WORDS.get(
+            groups.get("side_of") or groups.get("side_lobe") or groups.get("side_zone")
+            or groups.get("side", "")
+        )
+        if lobes := groups.get("lobes_of") or groups.get("lobes") or groups.get("lobes_only"):
+            places += [(side, lobe) for lobe in _LOBE_WORD.findall(lobes)]
+        elif "side_zone" in groups:
+            places.append((side, "lower" if "base" in groups else "upper"))
+        elif "bibasilar" in groups or "biapical" in groups:
+            places.append(("both", "lower" if "bibasilar" in groups else "upper"))
+        elif "lingula" in groups:
+            places.append(("left", "upper"))
+        elif "bilaterally" in groups:
+            places.append(("both", None))
+        elif "mediastinum" in groups:
+            places.append((None, None))
+        else:
+            places.append((side, None))
+    return list(dict.fromkeys(places))
+
+
+def _split_clauses(sentence: str) -> list[str]:
+    """Split at ";" and at commas, keeping list items ("no A, B, or C") and lists of places.
+
+    A comma continues the clause when the segment after it, or one of the verbless segments
+    right after that, closes an "or" list, or when the segment has no verb and only names
+    more places ("…in the right middle lobe, the lingula and the left lower lobe").
+    """
+    clauses: list[str] = []
+    for part in sentence.split(";"):
+        segments = [segment.strip() for segment in part.split(",")]
+        for index, segment in enumerate(segments):
+            if clauses and index > 0 and _continues(segments, index):
+                clauses[-1] += ", " + segment
+            else:
+                clauses.append(segment)
+    return [clause for clause in clauses if clause]
+
+
+def _continues(segments: list[str], index: int) -> bool:
+    for following in segments[index:]:
+        if _CLOSES_LIST.search(following):
+            return True
+        if _VERB.search(following):
+            break
+    segment = segments[index]
+    return bool(
+        not _VERB.search(segment)
+        and _PLACE_LIST_ITEM.match(segment)
+        and _PLACE.search(segment)
+        and not _ANY_FINDING_TERM.search(segment)
+    )
+
+
+_FINDING_RULES = FindingRules(
+    terms=_FINDING_TERMS,
+    absent_terms=_ABSENT_FINDING_TERMS,
+    negation=Negation(
+        before=_NEGATION_BEFORE,
+        after=_NEGATION_AFTER,
+        pseudo=_PSEUDO_NEGATION,
+        terminators=_NEGATION_TERMINATORS,
+    ),
+    split_sentences=split_sentences,
+    split_clauses=_split_clauses,
+    locate=_locate,
+    flags=re.IGNORECASE,
+)
+
+
+def extract_findings(report: str) -> list[Finding]:
+    """Findings an English radiology report states or negates, with side and lobe."""
+    return _FINDING_RULES(normalize(report))
+
+
 SPEC = LanguageSpec(
     code="en",
     name="English",
@@ -271,6 +536,7 @@ SPEC = LanguageSpec(
     finding_names=FINDING_NAMES,
     positive_templates=POSITIVE_TEMPLATES,
     negative_templates=NEGATIVE_TEMPLATES,
+    extract_findings=extract_findings,
 )
 
 

@@ -29,7 +29,8 @@ import logging
 import re
 from typing import TYPE_CHECKING
 
-from m3fm.registry import LanguageSpec, hookimpl
+from m3fm.findings import FindingRules, Location, Negation
+from m3fm.registry import Finding, LanguageSpec, hookimpl
 from m3fm.text import (
     collapse_punctuation_runs,
     fullwidth_to_ascii,
@@ -162,6 +163,18 @@ FINDING_NAMES = {
     "covid19": "新型冠状病毒肺炎",
     "ground_glass_opacity": "磨玻璃影",
     "lymphadenopathy": "纵隔淋巴结肿大",
+    "patchy_opacity": "斑片影",
+    "reticulation": "网格影",
+    "linear_opacity": "条索影",
+    "air_bronchogram": "支气管充气征",
+    "cavity": "空洞",
+    "bronchiectasis": "支气管扩张",
+    "calcification": "钙化灶",
+    "crazy_paving": "铺路石征",
+    "subpleural_line": "胸膜下线",
+    "tree_in_bud": "树芽征",
+    "vascular_enlargement": "血管增粗",
+    "pericardial_effusion": "心包积液",
 }
 """Label id → the term Chinese radiology reports use ("…影" for CT signs, as in COV-CTR)."""
 
@@ -178,6 +191,119 @@ NEGATIVE_TEMPLATES = (
     "不考虑{finding}。",
 )
 
+# Finding extraction.  Terms per label id, matched in normalised text; they cover the CT
+# wording of COV-CTR reports and common synonyms.  Modifiers that belong to a finding are part
+# of its term, so that "斑片" in "斑片状磨玻璃影" is not also read as a patchy opacity.
+_SHAPE = r"(?:(?:斑片|[小大淡]?片|条|晕|弧形|局限性|多发|弥漫|散在)状?)*"
+_FINDING_TERMS = {
+    "ground_glass_opacity": rf"{_SHAPE}(?:磨玻璃|毛玻璃|玻璃)(?:样|密度)*影?|GGO",
+    "consolidation": rf"{_SHAPE}实变(?:密度)?影?",
+    "patchy_opacity": (
+        r"(?:斑片|[小大淡条]?片|片索)状?(?:致密|高密度)?影|斑片|[小大淡条]?片状?(?=[及、和])"
+    ),
+    "reticulation": r"网格|网状|小叶间隔增厚|间质性?改变",
+    "linear_opacity": r"条索|索条|纤维条|条状(?:致密|高密度)?影|条影|线[状样]影",
+    "nodule": r"结节|肉芽肿",
+    "mass": r"肿块|占位",
+    "lymphadenopathy": r"肿大(?:的)?淋巴结|淋巴结(?:影)?(?:肿大|增大)",
+    "effusion": r"积液|胸水|胸腔内?见?[^，。；]{0,6}?(?:液性|低)密度影",
+    "pericardial_effusion": r"心包积液|心包腔?内?见?[^，。；]{0,8}?(?:液性|低)密度影",
+    "pneumothorax": r"气胸|胸腔内?见?[^，。；]{0,6}?气体密度影",
+    "pleural_thickening": r"胸[膜模][^，。；]{0,6}?增厚",
+    "atelectasis": r"肺不张|膨胀不全|受压",
+    "air_bronchogram": r"支气管(?:充)?气(?:像|象|征)|空气支气管征|充气支气管",
+    "cavity": r"空洞",
+    "bronchiectasis": r"支气管扩张|支气管[^，。；]{0,10}?(?:管径|管腔)[^，。；]{0,6}?(?:增宽|扩张)",
+    "calcification": r"钙化",
+    "crazy_paving": r"铺路石|碎石路",
+    "subpleural_line": r"胸膜下线",
+    "tree_in_bud": r"树芽",
+    "vascular_enlargement": r"血管(?:影)?增粗|增粗的?血管",
+    "emphysema": r"肺气肿|肺大[泡疱]",
+    "fibrosis": r"纤维化|蜂窝",
+    "edema": r"水肿",
+    "pneumonia": r"肺炎",
+    "infiltration": r"浸润",
+    "hernia": r"裂孔疝|膈疝",
+    "cardiomegaly": r"心影(?:增大|扩大)|心脏(?:稍|略|明显)?(?:增大|扩大)|心脏(?:稍|略)大",
+}
+# Phrases that state a finding is absent by themselves, with no negation cue to find.
+_ABSENT_FINDING_TERMS = {
+    "cardiomegaly": r"心(?:脏|影)(?:不大|大小正常|大小形态正常|未见增大)",
+}
+# Cues that negate what follows them in a clause: "未见", "未见明显", "无", "没有".
+_NEGATION_BEFORE = re.compile(r"未|无|没有|否认")
+# Cues that negate what precedes them: "…已吸收", "…消失" (resolved).
+_NEGATION_AFTER = re.compile(r"(?:已|完全)吸收|消失")
+# Look like negation cues but deny no finding: "不除外" (cannot be excluded), "无变化".
+_PSEUDO_NEGATION = re.compile(r"[不未]除外|[不未]排除|无法排除|无(?:明显)?变化")
+# Words after which a negation no longer reaches within one clause ("未见积液但见实变").
+_NEGATION_TERMINATORS = re.compile(r"但是?|然而|而")
+# Clause boundaries within a sentence ("、" separates list items, not clauses).
+_CLAUSE_BREAK = re.compile(r"[，；：,;:]")
+
+# Places: a side ("右肺", "双侧", "两肺", with "尖" the apex of the upper lobe), lobes ("上叶",
+# "上、中叶", "上叶及下叶"; a lobe after a side belongs to it), the lingula ("舌段", part
+# of the left upper lobe), and the mediastinum (a place with no side).
+_PLACE = re.compile(
+    r"(?P<side>[左右双两])(?:肺|侧)(?P<apex>尖)?"
+    r"|(?P<lobes>[上中下](?:[、及和][上中下])*)叶"
+    r"|(?P<lingula>舌段)"
+    r"|(?P<mediastinum>纵隔)"
+)
+_SIDES = {"左": "left", "右": "right", "双": "both", "两": "both"}
+_LOBES = {"上": "upper", "中": "middle", "下": "lower"}
+
+
+def _locate(clause: str) -> list[Location]:
+    """Sides and lobes a clause names, in text order (纵隔: a place without either)."""
+    places: list[Location] = []
+    side, side_alone = None, False
+    for match in _PLACE.finditer(clause):
+        if match["side"]:
+            if side_alone:
+                places.append((side, None))
+            side, side_alone = _SIDES[match["side"]], not match["apex"]
+            if match["apex"]:
+                places.append((side, "upper"))
+        elif match["lobes"]:
+            places += [(side, _LOBES[lobe]) for lobe in match["lobes"] if lobe in _LOBES]
+            side_alone = False
+        elif match["lingula"]:
+            places.append(("left", "upper"))
+            side_alone = False
+        else:
+            places.append((None, None))
+    if side_alone:
+        places.append((side, None))
+    return list(dict.fromkeys(places))
+
+
+def _split_clauses(sentence: str) -> list[str]:
+    """Split at "，；："; lists of places or findings are joined by "、" and "及" instead."""
+    return [clause for clause in _CLAUSE_BREAK.split(sentence) if clause]
+
+
+_FINDING_RULES = FindingRules(
+    terms=_FINDING_TERMS,
+    absent_terms=_ABSENT_FINDING_TERMS,
+    negation=Negation(
+        before=_NEGATION_BEFORE,
+        after=_NEGATION_AFTER,
+        pseudo=_PSEUDO_NEGATION,
+        terminators=_NEGATION_TERMINATORS,
+    ),
+    split_sentences=split_sentences,
+    split_clauses=_split_clauses,
+    locate=_locate,
+)
+
+
+def extract_findings(report: str) -> list[Finding]:
+    """Findings a Chinese radiology report states or negates, with side and lobe."""
+    return _FINDING_RULES(normalize(report))
+
+
 SPEC = LanguageSpec(
     code="zh",
     name="Chinese",
@@ -190,6 +316,7 @@ SPEC = LanguageSpec(
     finding_names=FINDING_NAMES,
     positive_templates=POSITIVE_TEMPLATES,
     negative_templates=NEGATIVE_TEMPLATES,
+    extract_findings=extract_findings,
 )
 
 

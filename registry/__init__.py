@@ -31,6 +31,7 @@ from .manager import (
 from .specs import (
     DatasetSpec,
     EncoderOptions,
+    Finding,
     LanguageSpec,
     ModalitySpec,
     ReadResult,
@@ -46,6 +47,7 @@ __all__ = [
     "DataFormatError",
     "DatasetSpec",
     "EncoderOptions",
+    "Finding",
     "InputError",
     "LanguageSpec",
     "M3fmError",

@@ -20,8 +20,11 @@ from . import hookspecs
 from .errors import PluginConflictError, UnknownNameError
 from .specs import DatasetSpec, LanguageSpec, ModalitySpec
 
-PLUGIN_API_VERSION = "1.0"
-"""Version of the plugin contract (hooks and spec types) this release implements."""
+PLUGIN_API_VERSION = "1.1"
+"""Version of the plugin contract (hooks and spec types) this release implements.
+
+1.1 added the optional `LanguageSpec.extract_findings` (and the `Finding` type it returns).
+"""
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -30,6 +30,29 @@ LabelId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_len
 
 class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+
+class Finding(_Spec):
+    """One finding a report states, as a language plugin's finding extractor reads it.
+
+    Findings are compared between a generated and a reference report to score clinical
+    efficacy, so they carry only what both reports can be held to: which finding, whether it is
+    asserted or denied, and where.  Frozen, hence hashable: a report's findings form a set.
+    """
+
+    label: LabelId = Field(
+        description="The finding, as a label id shared with modality plugins, e.g. `nodule`."
+    )
+    present: bool = Field(
+        description='True when the report states the finding; False when it explicitly '
+        'negates it ("no pleural effusion", "未见胸腔积液").'
+    )
+    side: Literal["left", "right", "both"] | None = Field(
+        None, description="Which lung or hemithorax, if the report says; `both` = bilateral."
+    )
+    lobe: Literal["upper", "middle", "lower"] | None = Field(
+        None, description="Which lobe, if the report says (the lingula counts as upper)."
+    )
 
 
 class EncoderOptions(BaseModel):
@@ -137,6 +160,13 @@ class LanguageSpec(_Spec):
     )
     negative_templates: tuple[str, ...] = Field(
         description="Prompts stating a finding is absent; each contains `{finding}`."
+    )
+    extract_findings: Callable[[str], list[Finding]] | None = Field(
+        None,
+        description="Read the findings a radiology report (raw or normalised) states or "
+        "negates, with side and lobe where given; label ids are keys of `finding_names`. "
+        "Used for clinical-efficacy scores. None: the language offers no extractor "
+        "(optional since plugin API 1.1, so plugins written for 1.0 stay valid).",
     )
 
     @field_validator("positive_templates", "negative_templates")

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from m3fm.cli import main
+from m3fm.registry import PLUGIN_API_VERSION
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -33,7 +34,7 @@ def test_help_lists_the_verbs(capsys):
 def test_version_as_json(capsys):
     code, out, _ = run_cli(capsys, "version", "--json")
     info = json.loads(out)
-    assert code == 0 and info["plugin_api"] == "1.0" and "torch" in info
+    assert code == 0 and info["plugin_api"] == PLUGIN_API_VERSION and "torch" in info
 
 
 def test_plugins_list_shows_the_builtins(capsys):
