@@ -40,6 +40,7 @@ from collections.abc import Callable, Hashable, Sequence
 import numpy as np
 from sklearn.metrics import precision_recall_fscore_support
 
+from m3fm.metrics import check_pairs
 from m3fm.registry import Finding, LanguageSpec, NotAvailableError, get_registry
 
 CLINICAL_METRIC_NAMES = (
@@ -65,13 +66,7 @@ def clinical_scores(
     `language` is a language spec or code.  Raises ValueError when the two lengths differ or
     there is nothing to score, and NotAvailableError when the language has no extractor.
     """
-    if len(hypotheses) != len(references):
-        raise ValueError(
-            f"got {len(hypotheses)} generated reports but {len(references)} references;"
-            " each generated report needs exactly one reference"
-        )
-    if not references:
-        raise ValueError("no reports to score: hypotheses and references are empty")
+    check_pairs(hypotheses, references)
     if isinstance(language, str):
         language = get_registry().language(language)
     extract = language.extract_findings

@@ -31,6 +31,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 from sacrebleu.metrics import BLEU
 
+from m3fm.metrics import check_pairs
 from m3fm.registry import LanguageSpec
 
 BLEU_ORDERS = (1, 2, 3, 4)
@@ -47,13 +48,7 @@ def report_scores(
     reference is empty after normalisation (no score is defined against an empty report).
     An empty hypothesis is allowed: a model may generate nothing, and that scores 0.
     """
-    if len(hypotheses) != len(references):
-        raise ValueError(
-            f"got {len(hypotheses)} generated reports but {len(references)} references;"
-            " each generated report needs exactly one reference"
-        )
-    if not references:
-        raise ValueError("no reports to score: hypotheses and references are empty")
+    check_pairs(hypotheses, references)
     hypotheses = [language.normalize(text) for text in hypotheses]
     references = [language.normalize(text) for text in references]
     empty = [index for index, text in enumerate(references) if not text.strip()]
