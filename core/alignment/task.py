@@ -55,9 +55,7 @@ class EpochBatches(Sequence[StepBatch]):
     def __len__(self) -> int:
         return len(self.steps)
 
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+    def __getitem__(self, index: int) -> StepBatch:  # type: ignore[override]
         return self.task.collate(self.steps[index], seed=(self.epoch, index))
 
 
