@@ -12,7 +12,7 @@ def __getattr__(name: str):
     # `m3fm.load` pulls in torch and transformers; importing `m3fm` alone (the CLI, the
     # registry, plugins) stays light until it is used.
     if name == "load":
-        from m3fm.embedding import load
+        from m3fm.generation import load
 
         return load
     raise AttributeError(f"module 'm3fm' has no attribute {name!r}")

@@ -240,22 +240,73 @@ def data_summary(path: Path, format_name: str | None, as_json: bool) -> None:
 @click.option("--plugin", "modality", required=True, help="Modality plugin, e.g. ct or cxr.")
 @click.option("--lang", "language", default="en", show_default=True,
               help="Report language, e.g. en or zh.")
-@click.option("--checkpoint", type=PathArg, help="Model directory; default: the bundled model.")
-@click.option("--out", type=PathArg, help="Write results as JSON Lines to this file.")
+@click.option("--checkpoint", type=PathArg,
+              help="Report-model directory; default: the bundled m3fm-small model.")
+@click.option("--out", type=PathArg,
+              help="Also write one JSON object per input to this JSON Lines file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines instead of text.")
+@click.option("--bridge", type=click.Choice(["memory", "noise"]),
+              help="How image embeddings cross to the text side; default: the model's.")
+@click.option("--beams", type=click.IntRange(min=1), help="Beam width; 1 is greedy.")
 @click.argument("paths", nargs=-1, required=True, type=PathArg)
 def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
-        paths: tuple[Path, ...]) -> None:
-    """Write a report in --lang for each image, DICOM file, NIfTI volume or folder in PATHS."""
+        as_json: bool, bridge: str | None, beams: int | None, paths: tuple[Path, ...]) -> None:
+    """Write a report in --lang for each image, DICOM file, NIfTI volume or folder in PATHS.
+
+    Inputs are decoded in batches. An input that cannot be read is reported in its place and
+    the others go on; the exit code is 1 only when no input could be processed.
+    """
+    from m3fm.generation.batch import report_inputs
     from m3fm.inputs import collect_inputs
+    from m3fm.progress import track
 
     registry = get_registry()
     spec = registry.modality(modality)
     registry.language(language)
-    collect_inputs(spec, paths)
-    raise NotAvailableError(
-        f"m3fm {__version__} cannot generate reports yet: the MultiMedLM engine and a bundled "
-        "model are not part of this release"
-    )
+    model = _report_model(checkpoint)
+    model.modality(modality)
+    model.generator.language_id(language)
+    changes = {"bridge": bridge, "num_beams": beams}
+    decode = model.decode.model_copy(update={k: v for k, v in changes.items() if v is not None})
+    inputs = collect_inputs(spec, paths)
+    failed = 0
+    sink = out.open("w", encoding="utf-8") if out is not None else None
+    try:
+        results = report_inputs(model, inputs, modality=modality, lang=language, decode=decode)
+        for result in track(results, "writing reports", total=len(inputs)):
+            line = json.dumps(result, ensure_ascii=False)
+            if sink is not None:
+                sink.write(line + "\n")
+                sink.flush()  # finished reports survive a later crash or Ctrl-C
+            failed += "error" in result
+            if "error" in result:
+                click.echo(f"m3fm: error: {' '.join(result['error'].split())}", err=True)
+            elif as_json:
+                click.echo(line)
+            else:
+                click.echo(f"{result['input']}\n{result['report']}\n")
+    finally:
+        if sink is not None:
+            sink.close()
+    if failed == len(inputs):
+        raise M3fmError(f"no input could be processed ({failed} failed)")
+
+
+def _report_model(checkpoint: Path | None):
+    """The report model in `checkpoint`, or the bundled default."""
+    from m3fm.generation.reporting import ReportModel, is_report_model
+    from m3fm.models import default_model_dir
+
+    if checkpoint is None:
+        checkpoint = default_model_dir()
+    elif not checkpoint.is_dir():
+        raise UsageError(f"--checkpoint {checkpoint}: no such directory")
+    elif not is_report_model(checkpoint):
+        raise UsageError(
+            f"--checkpoint {checkpoint}: not a report model (an alignment checkpoint cannot "
+            "write reports; train a `generate` recipe)"
+        )
+    return ReportModel.from_pretrained(checkpoint)
 
 
 def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -283,19 +334,50 @@ def train(recipe: str, data_dir: Path, out: Path, overrides: tuple[str, ...], re
     Writes checkpoints to OUT/checkpoints, the final model to OUT/final and metrics to
     OUT/metrics.jsonl. Ctrl-C saves a checkpoint; `--resume` continues exactly where it stopped.
     """
-    from m3fm.alignment.task import AlignmentTask
-    from m3fm.recipes import load_recipe
-    from m3fm.training import train as run_training
+    from m3fm.recipes import AlignRecipe, load_recipe
     from m3fm.training.distributed import Ranks
 
     loaded = load_recipe(recipe, _parse_overrides(overrides))
     ranks = Ranks.from_environment()
-    task = AlignmentTask(loaded, data_dir, rank=ranks.rank, world_size=ranks.world_size)
-    result = run_training(task.training_task(str(data_dir)), loaded.train, out, resume=resume)
+    if isinstance(loaded, AlignRecipe):
+        result = _train_alignment(loaded, data_dir, out, resume, ranks)
+    else:
+        result = _train_generator(loaded, data_dir, out, resume, ranks)
     if ranks.is_main:
         click.echo(f"trained {loaded.name} v{loaded.version} for {result.step} steps; "
                    f"final loss {result.loss:.4f}; model in {result.checkpoint}")
         _print_metrics(result.metrics)
+
+
+def _train_alignment(recipe, data_dir: Path, out: Path, resume: bool, ranks):
+    from m3fm.alignment.task import AlignmentTask
+    from m3fm.training import train as run_training
+
+    task = AlignmentTask(recipe, data_dir, rank=ranks.rank, world_size=ranks.world_size)
+    return run_training(task.training_task(str(data_dir)), recipe.train, out, resume=resume)
+
+
+def _train_generator(recipe, data_dir: Path, out: Path, resume: bool, ranks):
+    """Stage 2, after training (or reusing) the alignment model it decodes from."""
+    from m3fm.generation.task import GenerationTask
+    from m3fm.recipes import load_recipe
+    from m3fm.training import FINAL_DIR
+    from m3fm.training import train as run_training
+
+    align_dir = recipe.align.checkpoint
+    if align_dir is None:
+        align_out = out / "align"
+        align_dir = align_out / FINAL_DIR
+        if not align_dir.is_dir():
+            click.echo(f"training alignment recipe {recipe.align.recipe} into {align_out}",
+                       err=True)
+            started = (align_out / "checkpoints").is_dir()
+            _train_alignment(load_recipe(recipe.align.recipe), data_dir, align_out,
+                             resume or started, ranks)
+    task = GenerationTask(recipe, data_dir, align_dir, rank=ranks.rank,
+                          world_size=ranks.world_size)
+    return run_training(task.training_task(str(data_dir), align_dir), recipe.train, out,
+                        resume=resume)
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:
@@ -317,33 +399,88 @@ def recipes() -> None:
 
 
 @cli.command()
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path, exists=True),
-              help="Model directory.")
+@click.option("--checkpoint", "checkpoints", required=True, multiple=True,
+              type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="Model directory; repeat it to compare report models in one table.")
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path, exists=True),
               help="Data set folder or file.")
 @click.option("--format", "format_name", help="Dataset format; detected when omitted.")
 @click.option("--split", default="val", show_default=True, help="Split to evaluate on.")
 @click.option("--task", type=click.Choice(["retrieval", "report", "diagnosis"]), required=True)
 @click.option("--lang", "language", help="Language to evaluate; default: every language "
-              "of the model.")
+              "of the model(s).")
 @click.option("--out", type=PathArg, help="Also write the results as JSON to this file.")
-def evaluate(checkpoint: Path, data_dir: Path, format_name: str | None, split: str, task: str,
-             language: str | None, out: Path | None) -> None:
-    """Evaluate a model on a data split: image–report retrieval (recall@k, median rank)."""
-    if task != "retrieval":
-        raise NotAvailableError(
-            f"m3fm {__version__} cannot evaluate {task} yet: only retrieval is implemented"
-        )
-    from m3fm.alignment.retrieval import evaluate_retrieval, retrieval_sets
+@click.option("--markdown", type=PathArg, help="Report task: write the table as markdown too.")
+@click.option("--reports", "reports_out", type=PathArg,
+              help="Report task: write each image's reference and generated reports (JSONL).")
+@click.option("--baselines/--no-baselines", default=True, show_default=True,
+              help="Report task: score the most-frequent, random-same-label and "
+              "nearest-report baselines beside the models.")
+@click.option("--bridge", type=click.Choice(["memory", "noise"]),
+              help="Report task: decode with this bridge instead of each model's default.")
+@click.option("--beams", type=click.IntRange(min=1), help="Report task: beam width.")
+def evaluate(checkpoints: tuple[Path, ...], data_dir: Path, format_name: str | None, split: str,
+             task: str, language: str | None, out: Path | None, markdown: Path | None,
+             reports_out: Path | None, baselines: bool, bridge: str | None,
+             beams: int | None) -> None:
+    """Evaluate models on a data split: retrieval (recall@k, median rank) or report
+    generation (BLEU-1..4, ROUGE-L, CIDEr-D and clinical-efficacy P/R/F1, beside baselines).
+    """
     from m3fm.data import read_records
-    from m3fm.embedding import load
 
-    embedder = load(checkpoint)
-    languages = embedder.languages
+    if task == "diagnosis":
+        raise NotAvailableError(f"m3fm {__version__} cannot evaluate diagnosis yet")
     if language is not None:
         get_registry().language(language)
-        languages = (language,)
     records = read_records(data_dir, format_name)
+    if task == "retrieval":
+        if len(checkpoints) != 1:
+            raise UsageError("retrieval evaluates one --checkpoint at a time")
+        rows = _retrieval_rows(checkpoints[0], records, split, language, data_dir)
+        columns = ["modality", "language", "direction", "n", "chance_R@5", "R@1", "R@5",
+                   "R@10", "median_rank"]
+        title = f"retrieval on {split}"
+    else:
+        from m3fm.generation.evaluation import REPORT_METRICS, evaluate_report_models
+
+        models = {}
+        for path in checkpoints:
+            name = _system_name(path)
+            models[name if name not in models else str(path)] = _report_model(path)
+        changes = {"bridge": bridge, "num_beams": beams}
+        first = next(iter(models.values()))
+        decode = first.decode.model_copy(
+            update={k: v for k, v in changes.items() if v is not None}
+        ) if bridge or beams else None
+        result = evaluate_report_models(
+            models, records, split=split, languages=[language] if language else None,
+            baselines=baselines, decode=decode,
+        )
+        rows = result.rows
+        columns = ["modality", "language", "system", "n", *REPORT_METRICS]
+        title = f"report generation on {split}"
+        if reports_out is not None:
+            reports_out.write_text("".join(json.dumps(entry, ensure_ascii=False) + "\n"
+                                           for entry in result.reports), encoding="utf-8")
+    if out is not None:
+        out.write_text(json.dumps(rows, ensure_ascii=False, indent=2))
+    cells = [[f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+             for row in rows]
+    if markdown is not None:
+        from tabulate import tabulate
+
+        markdown.write_text(tabulate(cells, headers=columns, tablefmt="github") + "\n",
+                            encoding="utf-8")
+    _table(title, columns, cells)
+
+
+def _retrieval_rows(checkpoint: Path, records, split: str, language: str | None,
+                    data_dir: Path) -> list[dict]:
+    from m3fm.alignment.retrieval import evaluate_retrieval, retrieval_sets
+    from m3fm.generation import load
+
+    embedder = load(checkpoint)
+    languages = (language,) if language is not None else embedder.languages
     sets = retrieval_sets(records, split=split, modalities=embedder.modalities,
                           languages=languages)
     if not sets:
@@ -351,14 +488,17 @@ def evaluate(checkpoint: Path, data_dir: Path, format_name: str | None, split: s
             f"split {split!r} of {data_dir} has no images of {', '.join(embedder.modalities)} "
             f"with reports in {', '.join(languages)}"
         )
-    rows = evaluate_retrieval(sets, embedder)
-    if out is not None:
-        out.write_text(json.dumps(rows, ensure_ascii=False, indent=2))
-    columns = ["modality", "language", "direction", "n", "chance_R@5", "R@1", "R@5", "R@10",
-               "median_rank"]
-    _table(f"retrieval on {split}", columns,
-           [[f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
-            for row in rows])
+    return evaluate_retrieval(sets, embedder)
+
+
+def _system_name(checkpoint: Path) -> str:
+    """A report model's name in result tables: its recipe's name, else its directory."""
+    from m3fm.checkpoint import read_metadata
+
+    try:
+        return read_metadata(checkpoint)["task"]["recipe"]["name"]
+    except (M3fmError, KeyError, TypeError):
+        return str(checkpoint)
 
 
 @cli.command()
@@ -377,7 +517,7 @@ def embed(checkpoint: Path, modality: str | None, language: str | None, texts: P
     Vectors are L2-normalised. Images that fail to load are reported and left out; the exit
     code is then 1, after the others are written.
     """
-    from m3fm.embedding import load
+    from m3fm.generation import load
 
     if bool(paths) == bool(texts):
         raise UsageError("give either image PATHS or --texts FILE")

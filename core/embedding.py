@@ -80,7 +80,3 @@ class Embedder:
             out.append(self.model.encode_text(**tokens).float().cpu())
         return torch.cat(out) if out else torch.empty(0, self.model.config.embed_dim)
 
-
-def load(path: str | Path, device: str | torch.device | None = None) -> Embedder:
-    """Load an alignment checkpoint directory for embedding."""
-    return Embedder(MultiMedCLIP.from_pretrained(path), device=device)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from rich.console import Console
@@ -16,9 +16,14 @@ SHOW_ABOVE = 5
 _stderr = Console(stderr=True)
 
 
-def track(items: Sequence[T], description: str) -> Iterator[T]:
-    """Iterate over `items`, showing a progress bar on stderr when there are many of them."""
+def track(items: Sequence[T] | Iterable[T], description: str, total: int | None = None,
+          ) -> Iterator[T]:
+    """Iterate over `items`, showing a progress bar on stderr when there are many of them.
+
+    `total` is the item count of an iterable without a length (a generator of results).
+    """
+    total = len(items) if total is None else total  # type: ignore[arg-type]
     yield from rich_track(
-        items, description=description, console=_stderr, disable=len(items) <= SHOW_ABOVE,
-        transient=True,
+        items, description=description, total=total, console=_stderr,
+        disable=total <= SHOW_ABOVE, transient=True,
     )

@@ -72,6 +72,19 @@ def rank_metrics(similarity: torch.Tensor) -> dict[str, float]:
     return metrics
 
 
+def set_images(
+    subset: RetrievalSet, images: MutableMapping[Path, torch.Tensor] | None
+) -> Sequence[Path | torch.Tensor]:
+    """The set's images as files, or preprocessed through the cache `images` when given."""
+    if images is None:
+        return subset.images
+    spec = get_registry().modality(subset.modality)
+    for path in subset.images:
+        if path not in images:
+            images[path] = preprocess(spec, path)
+    return [images[path] for path in subset.images]
+
+
 def evaluate_retrieval(
     sets: Sequence[RetrievalSet], embedder: Embedder,
     images: MutableMapping[Path, torch.Tensor] | None = None,
@@ -83,14 +96,9 @@ def evaluate_retrieval(
     """
     rows = []
     for subset in sets:
-        inputs = subset.images
-        if images is not None:
-            spec = get_registry().modality(subset.modality)
-            for path in subset.images:
-                if path not in images:
-                    images[path] = preprocess(spec, path)
-            inputs = [images[path] for path in subset.images]
-        image_embeddings = embedder.embed_images(inputs, modality=subset.modality)
+        image_embeddings = embedder.embed_images(
+            set_images(subset, images), modality=subset.modality
+        )
         text_embeddings = embedder.embed_texts(subset.texts, lang=subset.language)
         similarity = image_embeddings @ text_embeddings.T
         size = len(subset.images)

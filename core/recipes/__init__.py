@@ -1,6 +1,7 @@
 """Named, versioned training recipes shipped with m3fm, and recipe files of your own.
 
-A recipe is a TOML (or YAML) file validated by :class:`AlignRecipe`; ``--set key=value``
+A recipe is a TOML (or YAML) file validated by :class:`AlignRecipe` (stage ``align``) or
+:class:`GenerateRecipe` (stage ``generate``); ``--set key=value``
 overrides any field by its dotted path (``train.max_steps=50``, ``model.image.backbone=resnet10t``),
 the value read as YAML (numbers, booleans, lists).  Every error names the field and the file.
 """
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from m3fm.alignment.config import AlignLossConfig, AlignModelConfig
+from m3fm.generation.config import DecodeConfig, GeneratorConfig
 from m3fm.registry import ConfigError, UnknownNameError
 from m3fm.training import TrainConfig
 from m3fm.validation import describe_validation_error
@@ -65,6 +67,59 @@ class AlignRecipe(_Config):
     train: TrainConfig
 
 
+class AlignmentSource(_Config):
+    """The alignment model a generator is trained on: an existing checkpoint, or a recipe."""
+
+    recipe: str | None = Field(
+        None,
+        description="Alignment recipe trained first into `OUT/align` with the same `--data` "
+        "(reused when `OUT/align/final` exists).",
+    )
+    checkpoint: Path | None = Field(
+        None, description="An alignment checkpoint to use instead of training `recipe`."
+    )
+
+    def model_post_init(self, context: Any) -> None:
+        if self.recipe is None and self.checkpoint is None:
+            raise ValueError("give align.recipe or align.checkpoint")
+
+
+class GenerateDataConfig(_Config):
+    """Which reports (and, for few-shot and supervised settings, images) train the generator."""
+
+    sources: tuple[DataSource, ...] = Field(min_length=1, description="Data sets to read.")
+    train_split: str = Field("train", description="Split trained on.")
+    val_split: str = Field("val", description="Split evaluated on during training.")
+    batch_size: int = Field(32, gt=1, description="Reports per step (all processes together).")
+    image_pairs: float = Field(
+        0.0, ge=0, le=1,
+        description="Share of the training images whose embeddings, paired with their "
+        "reports in the generator's languages, also train it: 0 is the zero-shot setting "
+        "(text only), 0.1 few-shot, 1 supervised.",
+    )
+
+
+class GenerateRecipe(_Config):
+    """Stage 2: a report generator trained on the frozen text space of an alignment model."""
+
+    name: str = Field(description="Recipe name.")
+    version: int = Field(ge=1, description="Bumped whenever the recipe's results would change.")
+    description: str = Field("", description="What the recipe trains and on which data.")
+    stage: Literal["generate"] = Field(description="Training stage this recipe is for.")
+    align: AlignmentSource
+    data: GenerateDataConfig
+    model: GeneratorConfig
+    decode: DecodeConfig = Field(
+        default_factory=DecodeConfig, description="Default decoding, saved with the model."
+    )
+    train: TrainConfig
+
+
+RECIPE_STAGES: dict[str, type[AlignRecipe | GenerateRecipe]] = {
+    "align": AlignRecipe, "generate": GenerateRecipe,
+}
+
+
 def available_recipes() -> list[str]:
     """Names of the recipes shipped with m3fm."""
     return sorted(path.stem for path in RECIPE_DIR.glob("*.toml"))
@@ -81,7 +136,9 @@ def recipe_path(name_or_path: str) -> Path:
     raise UnknownNameError("recipe", name_or_path, available_recipes())
 
 
-def load_recipe(name_or_path: str, overrides: dict[str, str] | None = None) -> AlignRecipe:
+def load_recipe(
+    name_or_path: str, overrides: dict[str, str] | None = None
+) -> AlignRecipe | GenerateRecipe:
     """Read, override and validate a recipe; raises ConfigError naming file and field."""
     path = recipe_path(name_or_path)
     try:
@@ -93,8 +150,11 @@ def load_recipe(name_or_path: str, overrides: dict[str, str] | None = None) -> A
         raise ConfigError(f"{path}: a recipe must be a mapping of sections")
     for key, value in (overrides or {}).items():
         _set_path(data, key, _parse_value(value), path)
+    stage = data.get("stage")
+    if stage not in RECIPE_STAGES:
+        raise ConfigError(f"{path}: stage must be one of {', '.join(RECIPE_STAGES)}, got {stage!r}")
     try:
-        return AlignRecipe.model_validate(data)
+        return RECIPE_STAGES[stage].model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {describe_validation_error(exc)}") from exc
 

@@ -7,12 +7,13 @@ AMP and ``torch.compile`` on CUDA, atomic resumable checkpoints and a JSONL metr
 
 from m3fm.training.config import TrainConfig
 from m3fm.training.interrupt import TrainingInterrupted
-from m3fm.training.loop import NonFiniteLossError, train
+from m3fm.training.loop import FINAL_DIR, NonFiniteLossError, train
 from m3fm.training.rng import seed_everything
 from m3fm.training.runtime import Runtime, resolve_runtime
 from m3fm.training.task import TrainingTask, TrainResult
 
 __all__ = [
+    "FINAL_DIR",
     "NonFiniteLossError",
     "Runtime",
     "TrainConfig",

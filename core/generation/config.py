@@ -1,0 +1,89 @@
+"""Configuration of the report generator (MultiMedLM) and of how it decodes.
+
+Saved as the ``config.json`` of a report-model checkpoint and validated on load, like the
+alignment model's config, so an incompatible checkpoint is refused with a message.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+GENERATOR_CONFIG_VERSION = 1
+"""Version of the generator checkpoint format."""
+
+Bridge = Literal["memory", "noise"]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DecodeConfig(_Config):
+    """How reports are decoded from a point of the shared space."""
+
+    bridge: Bridge = Field(
+        "memory",
+        description="How an image embedding crosses the modality gap: `memory` replaces it by "
+        "a softmax-weighted mean of the training-text embeddings of the target language (the "
+        "bank stored with the checkpoint); `noise` decodes it as it is, relying on the noise "
+        "the generator was trained with.",
+    )
+    memory_temperature: float = Field(
+        0.01, gt=0, description="Softmax temperature over cosine similarities to the bank."
+    )
+    num_beams: int = Field(1, ge=1, description="Beam width; 1 is greedy decoding.")
+    length_penalty: float = Field(
+        1.0, description="Beam scores are divided by length**length_penalty; >0 favours longer."
+    )
+    no_repeat_ngram_size: int = Field(
+        0, ge=0, description="Never repeat an n-gram of this many tokens; 0 allows repeats."
+    )
+    max_new_tokens: int = Field(160, gt=0, description="Longest report, in tokens.")
+    batch_size: int = Field(64, gt=0, description="Inputs decoded together.")
+
+
+class GeneratorConfig(_Config):
+    """A small BART-style encoder-decoder that writes a report from one embedding.
+
+    The embedding (plus a learnt token for the target language) becomes `prefix_tokens`
+    encoder inputs; the decoder writes the report token by token with the alignment model's
+    vocabulary.  The paper's MultiMedLM is BERT-base-sized with 6 encoder and 3 decoder
+    layers; the defaults are smaller so that it trains on a CPU.
+    """
+
+    config_version: int = Field(GENERATOR_CONFIG_VERSION, description="Checkpoint format.")
+    languages: tuple[str, ...] = Field(
+        min_length=1, description="Languages the generator writes (language plugin codes)."
+    )
+    prefix_tokens: int = Field(8, gt=0, description="Encoder positions made from the embedding.")
+    hidden_size: int = Field(256, gt=0, description="Width of encoder and decoder.")
+    encoder_layers: int = Field(2, gt=0, description="Transformer layers over the prefix.")
+    decoder_layers: int = Field(3, gt=0, description="Transformer decoder layers.")
+    num_heads: int = Field(4, gt=0, description="Attention heads.")
+    intermediate_size: int = Field(1024, gt=0, description="Feed-forward width.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout in training.")
+    max_length: int = Field(192, gt=8, description="Reports are truncated to this many tokens.")
+    noise_std: float = Field(
+        0.1, ge=0,
+        description="Standard deviation of the Gaussian noise added to each (normalised) "
+        "text embedding in training, so that nearby points (image embeddings) decode too.",
+    )
+
+    @field_validator("config_version")
+    @classmethod
+    def _supported_version(cls, version: int) -> int:
+        if version != GENERATOR_CONFIG_VERSION:
+            raise ValueError(
+                f"version {version} is unsupported; this m3fm reads {GENERATOR_CONFIG_VERSION}"
+            )
+        return version
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> GeneratorConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}"
+            )
+        return self

@@ -1,0 +1,155 @@
+"""Report-generation evaluation: models and baselines scored the same way on one split.
+
+Every system writes one report per image of each (modality, language) set of the split (the
+split's images with a reference report in that language, as in retrieval).  Scores are the
+language-overlap metrics (:mod:`m3fm.metrics.language`) and the finding-level
+clinical-efficacy scores (:mod:`m3fm.metrics.clinical`): on templated report corpora a
+system is better only if it wins on both.
+
+Baselines, computed from the training split:
+
+* ``most-frequent``: the most frequent training report of the language, for every image;
+* ``random-same-label``: a random training report whose record has the image's labels
+  (COVID-19 or not on COV-CTR) — it knows the diagnosis and nothing else;
+* ``nearest-report``: the training report of the language nearest to the image in the
+  shared space (retrieval instead of generation), with the first model's alignment.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from m3fm.alignment.retrieval import RetrievalSet, retrieval_sets, set_images
+from m3fm.embedding import Embedder
+from m3fm.generation.config import DecodeConfig
+from m3fm.metrics.clinical import clinical_scores
+from m3fm.metrics.language import METRIC_NAMES, most_frequent_report, report_scores
+from m3fm.registry import Record, UsageError, get_registry
+
+if TYPE_CHECKING:
+    from m3fm.generation.reporting import ReportModel
+
+CLINICAL_METRICS = ("CE-P", "CE-R", "CE-F1", "CE-F1-positive")
+REPORT_METRICS = (*METRIC_NAMES, *CLINICAL_METRICS)
+"""Columns of a report-evaluation row, in table order."""
+
+BASELINES = ("most-frequent", "random-same-label", "nearest-report")
+
+
+def score_reports(
+    hypotheses: Sequence[str], references: Sequence[str], language: str
+) -> dict[str, float]:
+    """Overlap and clinical-efficacy scores, keyed by :data:`REPORT_METRICS`."""
+    spec = get_registry().language(language)
+    clinical = clinical_scores(hypotheses, references, spec)
+    return report_scores(hypotheses, references, spec) | {
+        name: clinical[name] for name in CLINICAL_METRICS
+    }
+
+
+def generate_for_sets(
+    reporter: ReportModel, sets: Sequence[RetrievalSet],
+    images: MutableMapping[Path, torch.Tensor] | None = None, decode: DecodeConfig | None = None,
+) -> Iterator[tuple[RetrievalSet, list[str]]]:
+    """Each set with a generated report per image."""
+    for subset in sets:
+        embeddings = reporter.embed_images(set_images(subset, images), modality=subset.modality)
+        yield subset, reporter.reports_from_embeddings(embeddings, subset.language, decode)
+
+
+@dataclass
+class ReportEvaluation:
+    """Scores (one row per set and system) and the reports behind them."""
+
+    rows: list[dict[str, object]] = field(default_factory=list)
+    reports: list[dict[str, object]] = field(default_factory=list)
+    """One entry per image and set: image, reference and each system's report."""
+
+    def add(self, subset: RetrievalSet, system: str, hypotheses: list[str]) -> None:
+        scores = score_reports(hypotheses, subset.texts, subset.language)
+        self.rows.append({"modality": subset.modality, "language": subset.language,
+                          "system": system, "n": len(hypotheses), **scores})
+        entries = [e for e in self.reports
+                   if e["modality"] == subset.modality and e["language"] == subset.language]
+        if not entries:
+            entries = [{"modality": subset.modality, "language": subset.language,
+                        "image": str(image), "reference": reference, "reports": {}}
+                       for image, reference in zip(subset.images, subset.texts, strict=True)]
+            self.reports += entries
+        for entry, hypothesis in zip(entries, hypotheses, strict=True):
+            entry["reports"][system] = hypothesis
+
+
+def evaluate_report_models(
+    models: dict[str, ReportModel], records: Sequence[Record], *, split: str,
+    languages: Sequence[str] | None = None, baselines: bool = True,
+    train_split: str = "train", decode: DecodeConfig | None = None, seed: int = 0,
+) -> ReportEvaluation:
+    """Score each named model, then the baselines, on every set of `split`.
+
+    Sets are the split's images of the first model's modalities with references in
+    `languages` (default: every language some model writes); each model is scored on the
+    sets of the languages it writes.
+    """
+    if not models:
+        raise UsageError("give at least one model to evaluate")
+    first = next(iter(models.values()))
+    written = {lang for model in models.values() for lang in model.report_languages}
+    languages = tuple(languages or sorted(written))
+    sets = retrieval_sets(records, split=split, modalities=first.modalities,
+                          languages=languages)
+    if not sets:
+        raise UsageError(
+            f"split {split!r} has no images of {', '.join(first.modalities)} with reports in "
+            f"{', '.join(languages)}"
+        )
+    unwritten = set(languages) - written
+    if unwritten:
+        raise UsageError(f"no given model writes {', '.join(sorted(unwritten))}; they write "
+                         f"{', '.join(sorted(written))}")
+    result = ReportEvaluation()
+    images: dict[Path, torch.Tensor] = {}
+    for name, model in models.items():
+        own = [s for s in sets if s.language in model.report_languages]
+        for subset, reports in generate_for_sets(model, own, images, decode):
+            result.add(subset, name, reports)
+    if baselines:
+        train = [r for r in records if r.split == train_split and r.report.strip()]
+        for subset in sets:
+            for name, reports in baseline_reports(subset, train, records, first, images, seed):
+                result.add(subset, name, reports)
+    return result
+
+
+def baseline_reports(
+    subset: RetrievalSet, train: Sequence[Record], records: Sequence[Record],
+    embedder: Embedder, images: MutableMapping[Path, torch.Tensor], seed: int,
+) -> Iterator[tuple[str, list[str]]]:
+    """The three baselines' reports for one set (see the module docstring)."""
+    language = get_registry().language(subset.language)
+    candidates = [r for r in train if r.language == subset.language]
+    if not candidates:
+        raise UsageError(f"the training split has no {subset.language!r} reports for baselines")
+    texts = [language.normalize(r.report) for r in candidates]
+    yield "most-frequent", [most_frequent_report(texts, language)] * len(subset.images)
+
+    labels_of = {r.image: r.labels for r in records if r.image is not None}
+    rng = random.Random(seed)
+    same_label = []
+    for image in subset.images:
+        pool = [t for t, r in zip(texts, candidates, strict=True)
+                if r.labels == labels_of.get(image, {})] or texts
+        same_label.append(rng.choice(pool))
+    yield "random-same-label", same_label
+
+    unique = sorted(set(texts))
+    image_vectors = embedder.embed_images(set_images(subset, images), modality=subset.modality)
+    text_vectors = embedder.embed_texts(unique, lang=subset.language)
+    nearest = (image_vectors @ text_vectors.T).argmax(dim=1)
+    yield "nearest-report", [unique[i] for i in nearest.tolist()]

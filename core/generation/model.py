@@ -1,0 +1,130 @@
+"""MultiMedLM: a report generator that decodes one point of the shared space into a report.
+
+The point (a text embedding in training, a bridged image embedding at inference) is projected
+to a few encoder positions, preceded by a learnt token for the target language; a BART
+encoder-decoder from `transformers` does the rest, so decoding gets its key/value cache,
+beam search, length penalty and n-gram blocking from ``generate`` instead of from code here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import (
+    BartConfig,
+    BartForConditionalGeneration,
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+)
+
+from m3fm.generation.config import DecodeConfig, GeneratorConfig
+from m3fm.registry import UsageError
+
+IGNORE_INDEX = -100
+"""Label value the cross-entropy skips (padding)."""
+
+
+class MultiMedLM(nn.Module):
+    """Writes reports in any of its languages from embeddings of dimension `embed_dim`."""
+
+    def __init__(
+        self, config: GeneratorConfig, embed_dim: int, tokenizer: PreTrainedTokenizerFast
+    ) -> None:
+        super().__init__()
+        self.config, self.embed_dim, self.tokenizer = config, embed_dim, tokenizer
+        width = config.hidden_size
+        self.prefix = nn.Linear(embed_dim, config.prefix_tokens * width)
+        self.language_tokens = nn.Embedding(len(config.languages), width)
+        self.bart = BartForConditionalGeneration(BartConfig(
+            vocab_size=len(tokenizer),
+            d_model=width,
+            encoder_layers=config.encoder_layers,
+            decoder_layers=config.decoder_layers,
+            encoder_attention_heads=config.num_heads,
+            decoder_attention_heads=config.num_heads,
+            encoder_ffn_dim=config.intermediate_size,
+            decoder_ffn_dim=config.intermediate_size,
+            dropout=config.dropout,
+            attention_dropout=config.dropout,
+            max_position_embeddings=max(config.max_length, config.prefix_tokens + 1) + 2,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.bos_token_id,
+            forced_bos_token_id=None,
+            forced_eos_token_id=None,
+            scale_embedding=True,
+        ))
+
+    def language_id(self, language: str) -> int:
+        """Index of `language` among the generator's languages; UsageError lists them."""
+        if language not in self.config.languages:
+            raise UsageError(
+                f"this model has no report generator for {language!r}; it writes "
+                f"{', '.join(self.config.languages)}"
+            )
+        return self.config.languages.index(language)
+
+    def encoder_inputs(self, embeddings: torch.Tensor, language_ids: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + prefix_tokens, hidden): the language token, then the projected embedding."""
+        prefix = self.prefix(embeddings).view(len(embeddings), self.config.prefix_tokens, -1)
+        language = self.language_tokens(language_ids).unsqueeze(1)
+        return torch.cat([language, prefix], dim=1)
+
+    def tokenize_targets(self, reports: list[str]) -> torch.Tensor:
+        """Labels of normalised reports: their tokens then [EOS], padded with IGNORE_INDEX."""
+        ids = self.tokenizer(
+            reports, add_special_tokens=False, truncation=True,
+            max_length=self.config.max_length - 1,
+        )["input_ids"]
+        eos = self.tokenizer.eos_token_id
+        longest = max(len(row) for row in ids) + 1
+        labels = torch.full((len(ids), longest), IGNORE_INDEX, dtype=torch.long)
+        for row, tokens in enumerate(ids):
+            labels[row, :len(tokens) + 1] = torch.tensor([*tokens, eos])
+        return labels
+
+    def forward(
+        self, embeddings: torch.Tensor, language_ids: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean token cross-entropy of writing `labels` from `embeddings` (teacher forcing)."""
+        inputs = self.encoder_inputs(embeddings, language_ids)
+        return self.bart(inputs_embeds=inputs, labels=labels).loss
+
+    @torch.no_grad()
+    def generate(
+        self, embeddings: torch.Tensor, language: str, decode: DecodeConfig,
+        use_cache: bool = True,
+    ) -> list[list[int]]:
+        """Token ids of one report per embedding (without [BOS]/[EOS]/padding)."""
+        language_ids = torch.full(
+            (len(embeddings),), self.language_id(language), device=embeddings.device
+        )
+        inputs = self.encoder_inputs(embeddings, language_ids)
+        tokenizer = self.tokenizer
+        generation = GenerationConfig(
+            decoder_start_token_id=tokenizer.bos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            do_sample=False,
+            num_beams=decode.num_beams,
+            length_penalty=decode.length_penalty,
+            no_repeat_ngram_size=decode.no_repeat_ngram_size,
+            max_new_tokens=decode.max_new_tokens,
+            use_cache=use_cache,
+            # Beam search stops once num_beams reports are finished (greedy has no such flag).
+            **({"early_stopping": True} if decode.num_beams > 1 else {}),
+        )
+        attention = torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
+        output = self.bart.generate(
+            inputs_embeds=inputs, attention_mask=attention, generation_config=generation
+        )
+        return [_until_eos(row, tokenizer.eos_token_id, tokenizer.bos_token_id)
+                for row in output.tolist()]
+
+
+def _until_eos(ids: list[int], eos: int, bos: int) -> list[int]:
+    """The report's tokens: after the start token, up to the first [EOS] (padding follows)."""
+    ids = ids[1:] if ids and ids[0] == bos else ids
+    return ids[:ids.index(eos)] if eos in ids else ids

@@ -1,0 +1,134 @@
+"""A report model: the alignment model, the generator and the memory bank, loaded as one.
+
+Checkpoint layout (what ``m3fm train`` writes for a ``generate`` recipe)::
+
+    DIR/config.json               ReportModelConfig: generator architecture, default decoding
+    DIR/model.safetensors         generator weights
+    DIR/memory_bank.safetensors   training-text embeddings per language (the bridge's bank)
+    DIR/align/                    the alignment checkpoint (image and text towers, tokenizer)
+    DIR/metadata.json             recipe, data, provenance (written by the training loop)
+
+    import m3fm
+    model = m3fm.load("runs/zh/final")
+    reports = model.generate(["scan.dcm"], modality="ct", lang="zh")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from m3fm.alignment.model import MultiMedCLIP
+from m3fm.checkpoint import load_model_weights
+from m3fm.embedding import Embedder
+from m3fm.generation.bridge import MemoryBank, bridge
+from m3fm.generation.config import DecodeConfig, GeneratorConfig
+from m3fm.generation.model import MultiMedLM
+from m3fm.registry import InputError, get_registry
+from m3fm.tokenizer import decode_report
+from m3fm.validation import describe_validation_error
+
+CONFIG_FILE = "config.json"
+ALIGN_DIR = "align"
+KIND = "m3fm-report-model"
+
+
+class ReportModelConfig(BaseModel):
+    """``config.json`` of a report-model checkpoint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str = Field(KIND, pattern=f"^{KIND}$", description="Marks a report-model checkpoint.")
+    generator: GeneratorConfig
+    decode: DecodeConfig = Field(default_factory=DecodeConfig, description="Default decoding.")
+
+
+def is_report_model(path: Path) -> bool:
+    """Whether `path` looks like a report-model checkpoint (rather than an alignment one)."""
+    return (Path(path) / ALIGN_DIR).is_dir()
+
+
+def save_report_artifacts(
+    directory: Path, align: MultiMedCLIP, config: ReportModelConfig, bank: MemoryBank
+) -> None:
+    """Everything of a report model but the generator weights, which the training loop saves."""
+    (directory / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
+    bank.save(directory)
+    align.save_pretrained(directory / ALIGN_DIR)
+
+
+class ReportModel(Embedder):
+    """Embeds like :class:`~m3fm.embedding.Embedder` and writes reports from images."""
+
+    def __init__(
+        self, align: MultiMedCLIP, generator: MultiMedLM, bank: MemoryBank,
+        decode: DecodeConfig | None = None, device: str | torch.device | None = None,
+    ) -> None:
+        super().__init__(align, device=device)
+        self.generator = generator.to(self.device).eval()
+        self.bank = bank
+        self.decode = decode or DecodeConfig()
+
+    @property
+    def report_languages(self) -> tuple[str, ...]:
+        """Languages this model writes reports in."""
+        return self.generator.config.languages
+
+    def generate(
+        self, images: Sequence[str | Path | torch.Tensor], modality: str | None = None,
+        lang: str = "en", decode: DecodeConfig | None = None,
+    ) -> list[str]:
+        """One report in `lang` per image file or preprocessed tensor."""
+        self.generator.language_id(lang)  # refuse an unknown language before loading images
+        embeddings = self.embed_images(images, modality=modality)
+        return self.reports_from_embeddings(embeddings, lang, decode)
+
+    def reports_from_embeddings(
+        self, embeddings: torch.Tensor, lang: str, decode: DecodeConfig | None = None,
+        use_cache: bool = True,
+    ) -> list[str]:
+        """Reports for image embeddings (N, D), bridged and decoded in batches."""
+        decode = decode or self.decode
+        language = get_registry().language(lang)
+        reports = []
+        for start in range(0, len(embeddings), decode.batch_size):
+            batch = embeddings[start:start + decode.batch_size].to(self.device)
+            points = bridge(batch, lang, decode, self.bank)
+            for ids in self.generator.generate(points, lang, decode, use_cache=use_cache):
+                reports.append(language.normalize(decode_report(self.generator.tokenizer, ids)))
+        return reports
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, device: str | torch.device | None = None
+    ) -> ReportModel:
+        """Load a report-model directory; missing or incompatible parts are one-line errors."""
+        path = Path(path)
+        config_file = path / CONFIG_FILE
+        if not is_report_model(path) or not config_file.is_file():
+            raise InputError(f"{path}: not an m3fm report model (needs {CONFIG_FILE} and "
+                             f"{ALIGN_DIR}/)")
+        try:
+            config = ReportModelConfig.model_validate_json(config_file.read_text())
+        except ValidationError as exc:
+            raise InputError(
+                f"{config_file}: incompatible config: {describe_validation_error(exc)}"
+            ) from exc
+        align = MultiMedCLIP.from_pretrained(path / ALIGN_DIR)
+        generator = MultiMedLM(config.generator, align.config.embed_dim, align.tokenizer)
+        load_model_weights(generator, path)
+        bank = MemoryBank.load(path)
+        missing = set(config.generator.languages) - set(bank.languages)
+        if missing:
+            raise InputError(f"{path}: the memory bank has no {', '.join(sorted(missing))}")
+        return cls(align, generator, bank, config.decode, device=device)
+
+
+def load(path: str | Path, device: str | torch.device | None = None) -> Embedder:
+    """Load a checkpoint directory: a :class:`ReportModel`, or an alignment-only Embedder."""
+    if is_report_model(Path(path)):
+        return ReportModel.from_pretrained(path, device=device)
+    return Embedder(MultiMedCLIP.from_pretrained(path), device=device)

@@ -1,0 +1,147 @@
+"""The generator's parts: targets, decoding (cached or not, greedy or beam), the bridge,
+baselines and recipes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from m3fm.alignment.retrieval import RetrievalSet
+from m3fm.generation.bridge import MemoryBank, bridge
+from m3fm.generation.config import DecodeConfig, GeneratorConfig
+from m3fm.generation.evaluation import baseline_reports
+from m3fm.generation.model import IGNORE_INDEX, MultiMedLM
+from m3fm.recipes import GenerateRecipe, available_recipes, load_recipe
+from m3fm.registry import ConfigError, Record, UsageError, get_registry
+from m3fm.tokenizer import decode_report, train_tokenizer
+
+REPORTS = ["双肺未见异常密度影。", "右肺下叶可见磨玻璃影，边界不清。"]
+
+
+@pytest.fixture(scope="module")
+def memorised() -> tuple[MultiMedLM, torch.Tensor]:
+    """A tiny generator overfitted to write REPORTS[i] from embedding i."""
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(REPORTS * 4, vocab_size=300)
+    config = GeneratorConfig(languages=("zh",), hidden_size=32, prefix_tokens=2,
+                             encoder_layers=1, decoder_layers=1, num_heads=2,
+                             intermediate_size=64, dropout=0.0, max_length=48)
+    model = MultiMedLM(config, embed_dim=8, tokenizer=tokenizer)
+    embeddings = F.normalize(torch.randn(2, 8), dim=-1)
+    labels = model.tokenize_targets(REPORTS)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = model(embeddings, torch.zeros(2, dtype=torch.long), labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return model.eval(), embeddings
+
+
+def test_targets_end_with_eos_and_pad_with_the_ignored_index(memorised):
+    model, _ = memorised
+    labels = model.tokenize_targets(REPORTS)
+    eos = model.tokenizer.eos_token_id
+    short = labels[0][labels[0] != IGNORE_INDEX].tolist()
+    assert short[-1] == eos and decode_report(model.tokenizer, short) == REPORTS[0]
+    assert (labels[0] == IGNORE_INDEX).any() and labels[1][-1] == eos
+
+
+@pytest.mark.parametrize(
+    "decode",
+    [DecodeConfig(), DecodeConfig(num_beams=3, length_penalty=1.2), DecodeConfig(batch_size=1)],
+)
+def test_decoding_writes_back_what_was_learnt(memorised, decode):
+    model, embeddings = memorised
+    ids = model.generate(embeddings, "zh", decode)
+    assert [decode_report(model.tokenizer, row) for row in ids] == REPORTS
+
+
+def test_cached_and_uncached_decoding_agree(memorised):
+    model, embeddings = memorised
+    noise = torch.randn(embeddings.shape, generator=torch.Generator().manual_seed(1))
+    noisy = embeddings + 0.3 * noise
+    decode = DecodeConfig(max_new_tokens=30)
+    assert model.generate(noisy, "zh", decode) == model.generate(
+        noisy, "zh", decode, use_cache=False)
+
+
+def test_max_new_tokens_and_ngram_blocking_bound_the_output(memorised):
+    model, embeddings = memorised
+    short = model.generate(embeddings, "zh", DecodeConfig(max_new_tokens=3))
+    assert all(len(row) <= 3 for row in short)
+    blocked = model.generate(embeddings, "zh", DecodeConfig(no_repeat_ngram_size=1))
+    assert all(len(row) == len(set(row)) for row in blocked)
+
+
+def test_unknown_language_lists_the_generator_languages(memorised):
+    model, embeddings = memorised
+    with pytest.raises(UsageError, match="no report generator for 'en'; it writes zh"):
+        model.generate(embeddings, "en", DecodeConfig())
+
+
+def test_memory_bridge_moves_a_query_onto_the_bank_and_noise_leaves_it():
+    bank = MemoryBank({"zh": torch.eye(4)[:3]})
+    query = F.normalize(torch.tensor([[0.9, 0.4, 0.0, 0.2]]), dim=-1)
+    sharp = bridge(query, "zh", DecodeConfig(memory_temperature=1e-3), bank)
+    assert torch.allclose(sharp, torch.tensor([[1.0, 0.0, 0.0, 0.0]]), atol=1e-4)
+    soft = bridge(query, "zh", DecodeConfig(memory_temperature=10.0), bank)
+    assert soft[0, 3] == 0 and torch.allclose(soft.norm(), torch.tensor(1.0))
+    assert torch.equal(bridge(query, "zh", DecodeConfig(bridge="noise"), bank), query)
+
+
+def test_memory_bank_round_trips_through_a_file(tmp_path):
+    bank = MemoryBank({"en": F.normalize(torch.randn(5, 4), dim=-1)})
+    bank.save(tmp_path)
+    loaded = MemoryBank.load(tmp_path)
+    assert torch.allclose(loaded.embeddings["en"], bank.embeddings["en"], atol=1e-3)
+
+
+class _NearestFirst:
+    """Stands in for the embedder: image i is nearest to the i-th sorted report."""
+
+    def embed_images(self, images, modality):
+        return torch.eye(3)[: len(images)]
+
+    def embed_texts(self, texts, lang):
+        return torch.eye(3)[: len(texts)]
+
+
+def _record(split: str, image: str | None, report: str, covid: int) -> Record:
+    return Record(id=report, dataset="test", split=split, modality="ct", image=image,
+                  language="en", report=report, labels={"covid19": covid}, source="test")
+
+
+def test_baselines_answer_by_frequency_label_and_nearest_report():
+    train = [_record("train", f"/t{i}.png", text, covid) for i, (text, covid) in enumerate(
+        [("A normal chest.", 0), ("A normal chest.", 0), ("Ground glass opacity.", 1)])]
+    val = [_record("val", "/v0.png", "x.", 1), _record("val", "/v1.png", "y.", 0)]
+    subset = RetrievalSet("ct", "en", (val[0].image, val[1].image), ("X.", "Y."))
+    images = {val[0].image: torch.zeros(1), val[1].image: torch.zeros(1)}
+    answers = dict(baseline_reports(subset, train, train + val, _NearestFirst(), images, seed=0))
+    assert answers["most-frequent"] == ["A normal chest."] * 2
+    assert answers["random-same-label"] == ["Ground glass opacity.", "A normal chest."]
+    assert answers["nearest-report"] == ["A normal chest.", "Ground glass opacity."]
+
+
+def test_every_shipped_generate_recipe_names_a_shipped_alignment_recipe():
+    shipped = available_recipes()
+    generate = [load_recipe(name) for name in shipped]
+    generate = [recipe for recipe in generate if isinstance(recipe, GenerateRecipe)]
+    assert {r.name for r in generate} >= {
+        f"cov-ctr-{lang}-{setting}" for lang in ("en", "zh")
+        for setting in ("zeroshot", "fewshot", "supervised")} | {"m3fm-small"}
+    for recipe in generate:
+        assert recipe.align.recipe in shipped
+        assert set(recipe.model.languages) <= set(load_recipe(recipe.align.recipe).model.languages)
+        for language in recipe.model.languages:
+            get_registry().language(language)
+    settings = {r.name: r.data.image_pairs for r in generate}
+    assert settings["cov-ctr-zh-zeroshot"] == 0 and settings["cov-ctr-zh-fewshot"] == 0.1
+    assert settings["cov-ctr-zh-supervised"] == 1
+
+
+def test_generate_recipe_needs_an_alignment_source():
+    with pytest.raises(ConfigError, match=r"give align\.recipe or align\.checkpoint"):
+        load_recipe("cov-ctr-zh-zeroshot", {"align.recipe": "null"})

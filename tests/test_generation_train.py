@@ -1,0 +1,162 @@
+"""Stage 2 end to end through the CLI: train a tiny report model, run it, evaluate it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from alignment_fixtures import write_cov_ctr
+from generation_fixtures import tiny_generator_args, write_tiny_align_recipe
+from PIL import Image
+
+import m3fm
+from m3fm.cli import main
+from m3fm.generation.reporting import ReportModel
+
+STEPS = 6
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(data folder, run folder) of the zero-shot Chinese recipe, alignment trained first."""
+    root = tmp_path_factory.mktemp("generate")
+    data = write_cov_ctr(root / "data")
+    align = write_tiny_align_recipe(root / "tiny-align.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--recipe", "cov-ctr-zh-zeroshot", "--data", str(data), "--out",
+              str(root / "run"),
+              *tiny_generator_args(f"align.recipe={align}", f"train.max_steps={STEPS}",
+                                   "train.eval_every=3")])
+    assert exit_info.value.code == 0
+    return data, root / "run"
+
+
+def test_training_writes_a_report_model_beside_its_alignment_model(trained):
+    _, run = trained
+    final = run / "final"
+    assert (run / "align" / "final" / "model.safetensors").is_file()
+    assert {"config.json", "model.safetensors", "memory_bank.safetensors", "align"} <= {
+        p.name for p in final.iterdir()
+    }
+    metadata = json.loads((final / "metadata.json").read_text())
+    assert metadata["task"]["examples"] == {"zh": 8}  # the 8 training reports, as text only
+    assert metadata["task"]["image_examples"] == 0
+    assert "ct/zh/CE-F1" in metadata["metrics"] and "ct/zh/BLEU-4" in metadata["metrics"]
+    model = m3fm.load(final)
+    assert isinstance(model, ReportModel) and model.report_languages == ("zh",)
+    assert model.bank.embeddings["zh"].shape == (8, 16)
+
+
+def test_supervised_setting_adds_image_pairs(trained, capsys, tmp_path):
+    data, run = trained
+    code, _, err = run_cli(
+        capsys, "train", "--recipe", "cov-ctr-zh-fewshot", "--data", str(data), "--out",
+        str(tmp_path / "fewshot"),
+        *tiny_generator_args(f"align.checkpoint={run / 'align' / 'final'}",
+                             "data.image_pairs=0.5", "train.max_steps=2"),
+    )
+    assert code == 0, err
+    metadata = json.loads((tmp_path / "fewshot" / "final" / "metadata.json").read_text())
+    assert metadata["task"]["image_examples"] == 4  # half of the 8 training images
+
+
+def test_run_writes_reports_and_keeps_going_past_bad_inputs(trained, capsys, tmp_path):
+    data, run = trained
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "reports.jsonl"
+    images = sorted((data / "images").glob("val-*.png"))
+    code, stdout, err = run_cli(
+        capsys, "run", "--plugin", "ct", "--lang", "zh", "--checkpoint", str(run / "final"),
+        "--out", str(out), str(images[0]), str(broken), str(tmp_path / "missing.png"),
+        str(images[1]),
+    )
+    assert code == 0
+    results = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [Path(r["input"]).name for r in results] == [
+        images[0].name, "broken.png", "missing.png", images[1].name]
+    assert "report" in results[0] and "report" in results[3]
+    assert results[0]["language"] == "zh" and " " not in results[0]["report"]
+    assert "broken.png" in results[1]["error"] and "missing.png" in results[2]["error"]
+    assert err.count("m3fm: error:") == 2 and "Traceback" not in err
+    assert results[0]["report"] in stdout
+
+
+def test_run_fails_only_when_nothing_could_be_processed(trained, capsys, tmp_path):
+    _, run = trained
+    code, _, err = run_cli(capsys, "run", "--plugin", "ct", "--lang", "zh", "--checkpoint",
+                           str(run / "final"), str(tmp_path / "missing.png"))
+    assert code == 1
+    assert err.strip().splitlines()[-1] == "m3fm: error: no input could be processed (1 failed)"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--lang", "en"], 2, "no report generator for 'en'; it writes zh"),
+        (["--lang", "xx"], 2, "unknown language 'xx'"),
+        (["--plugin", "cxr"], 2, "no 'cxr' image tower; it has ct"),
+    ],
+)
+def test_run_refuses_what_the_model_cannot_do(trained, capsys, tmp_path, args, code, message):
+    data, run = trained
+    image = next((data / "images").glob("val-*.png"))
+    options = {"--plugin": "ct", "--lang": "zh"} | dict(zip(args[::2], args[1::2], strict=True))
+    flat = [item for pair in options.items() for item in pair]
+    status, _, err = run_cli(capsys, "run", *flat, "--checkpoint", str(run / "final"),
+                             str(image))
+    assert status == code
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_refuses_an_alignment_checkpoint_and_an_incomplete_one(trained, capsys, tmp_path):
+    data, run = trained
+    image = str(next((data / "images").glob("val-*.png")))
+    code, _, err = run_cli(capsys, "run", "--plugin", "ct", "--checkpoint",
+                           str(run / "align" / "final"), image)
+    assert code == 2 and "not a report model" in err
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(run / "final", incomplete)
+    (incomplete / "memory_bank.safetensors").unlink()
+    code, _, err = run_cli(capsys, "run", "--plugin", "ct", "--lang", "zh", "--checkpoint",
+                           str(incomplete), image)
+    assert code == 1 and "no memory_bank.safetensors" in err
+
+
+def test_evaluate_report_scores_models_beside_baselines(trained, capsys, tmp_path):
+    data, run = trained
+    out, markdown, reports = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "r.jsonl"
+    code, _stdout, err = run_cli(
+        capsys, "evaluate", "--task", "report", "--checkpoint", str(run / "final"), "--data",
+        str(data), "--split", "val", "--out", str(out), "--markdown", str(markdown),
+        "--reports", str(reports), "--bridge", "noise",
+    )
+    assert code == 0, err
+    rows = json.loads(out.read_text())
+    assert [row["system"] for row in rows] == [
+        "cov-ctr-zh-zeroshot", "most-frequent", "random-same-label", "nearest-report"]
+    assert all(row["language"] == "zh" and row["n"] == 4 for row in rows)
+    assert {"BLEU-4", "ROUGE-L", "CIDEr-D", "CE-F1", "CE-F1-positive"} <= set(rows[0])
+    assert "| cov-ctr-zh-zeroshot |" in markdown.read_text()
+    entries = [json.loads(line) for line in reports.read_text(encoding="utf-8").splitlines()]
+    assert len(entries) == 4 and set(entries[0]["reports"]) == {row["system"] for row in rows}
+
+
+def test_the_same_pixels_give_the_same_report(trained, tmp_path):
+    """Decoding is deterministic and depends on the pixels only, not on the file."""
+    data, run = trained
+    model = m3fm.load(run / "final")
+    image = next((data / "images").glob("val-*.png"))
+    copy = tmp_path / "copy.png"
+    Image.open(image).save(copy)
+    first, second = model.generate([image, copy], modality="ct", lang="zh")
+    assert first == second
