@@ -248,9 +248,12 @@ def data_summary(path: Path, format_name: str | None, as_json: bool) -> None:
 @click.option("--bridge", type=click.Choice(["memory", "noise"]),
               help="How image embeddings cross to the text side; default: the model's.")
 @click.option("--beams", type=click.IntRange(min=1), help="Beam width; 1 is greedy.")
+@click.option("--memory-temperature", type=click.FloatRange(min=0, min_open=True),
+              help="Softmax temperature of the memory bridge; default: the model's.")
 @click.argument("paths", nargs=-1, required=True, type=PathArg)
 def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
-        as_json: bool, bridge: str | None, beams: int | None, paths: tuple[Path, ...]) -> None:
+        as_json: bool, bridge: str | None, beams: int | None,
+        memory_temperature: float | None, paths: tuple[Path, ...]) -> None:
     """Write a report in --lang for each image, DICOM file, NIfTI volume or folder in PATHS.
 
     Inputs are decoded in batches. An input that cannot be read is reported in its place and
@@ -266,8 +269,7 @@ def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
     model = _report_model(checkpoint)
     model.modality(modality)
     model.generator.language_id(language)
-    changes = {"bridge": bridge, "num_beams": beams}
-    decode = model.decode.model_copy(update={k: v for k, v in changes.items() if v is not None})
+    decode = _decoding(model.decode, bridge, beams, memory_temperature)
     inputs = collect_inputs(spec, paths)
     failed = 0
     sink = out.open("w", encoding="utf-8") if out is not None else None
@@ -290,6 +292,12 @@ def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
             sink.close()
     if failed == len(inputs):
         raise M3fmError(f"no input could be processed ({failed} failed)")
+
+
+def _decoding(default, bridge: str | None, beams: int | None, temperature: float | None):
+    """`default` (a DecodeConfig) with the decoding options given on the command line."""
+    changes = {"bridge": bridge, "num_beams": beams, "memory_temperature": temperature}
+    return default.model_copy(update={k: v for k, v in changes.items() if v is not None})
 
 
 def _report_model(checkpoint: Path | None):
@@ -419,10 +427,12 @@ def recipes() -> None:
 @click.option("--bridge", type=click.Choice(["memory", "noise"]),
               help="Report task: decode with this bridge instead of each model's default.")
 @click.option("--beams", type=click.IntRange(min=1), help="Report task: beam width.")
+@click.option("--memory-temperature", type=click.FloatRange(min=0, min_open=True),
+              help="Report task: softmax temperature of the memory bridge.")
 def evaluate(checkpoints: tuple[Path, ...], data_dir: Path, format_name: str | None, split: str,
              task: str, language: str | None, out: Path | None, markdown: Path | None,
              reports_out: Path | None, baselines: bool, bridge: str | None,
-             beams: int | None) -> None:
+             beams: int | None, memory_temperature: float | None) -> None:
     """Evaluate models on a data split: retrieval (recall@k, median rank) or report
     generation (BLEU-1..4, ROUGE-L, CIDEr-D and clinical-efficacy P/R/F1, beside baselines).
     """
@@ -447,14 +457,11 @@ def evaluate(checkpoints: tuple[Path, ...], data_dir: Path, format_name: str | N
         for path in checkpoints:
             name = _system_name(path)
             models[name if name not in models else str(path)] = _report_model(path)
-        changes = {"bridge": bridge, "num_beams": beams}
-        first = next(iter(models.values()))
-        decode = first.decode.model_copy(
-            update={k: v for k, v in changes.items() if v is not None}
-        ) if bridge or beams else None
+        for model in models.values():  # each model keeps its own defaults for the rest
+            model.decode = _decoding(model.decode, bridge, beams, memory_temperature)
         result = evaluate_report_models(
             models, records, split=split, languages=[language] if language else None,
-            baselines=baselines, decode=decode,
+            baselines=baselines,
         )
         rows = result.rows
         columns = ["modality", "language", "system", "n", *REPORT_METRICS]
@@ -464,14 +471,22 @@ def evaluate(checkpoints: tuple[Path, ...], data_dir: Path, format_name: str | N
                                            for entry in result.reports), encoding="utf-8")
     if out is not None:
         out.write_text(json.dumps(rows, ensure_ascii=False, indent=2))
-    cells = [[f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
-             for row in rows]
     if markdown is not None:
         from tabulate import tabulate
 
-        markdown.write_text(tabulate(cells, headers=columns, tablefmt="github") + "\n",
-                            encoding="utf-8")
-    _table(title, columns, cells)
+        markdown.write_text(tabulate(_cells(rows, columns), headers=columns, tablefmt="github")
+                            + "\n", encoding="utf-8")
+    shown = [c for c in columns if c not in TERMINAL_HIDDEN]  # the rest: --out, --markdown
+    _table(title, shown, _cells(rows, shown))
+
+
+TERMINAL_HIDDEN = {"BLEU-2", "BLEU-3", "CE-P", "CE-R", "chance_R@5"}
+"""Columns left out of the terminal table so that it fits 80 columns."""
+
+
+def _cells(rows: list[dict], columns: list[str]) -> list[list[str]]:
+    return [[f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+            for row in rows]
 
 
 def _retrieval_rows(checkpoint: Path, records, split: str, language: str | None,

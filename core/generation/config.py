@@ -31,7 +31,9 @@ class DecodeConfig(_Config):
         "the generator was trained with.",
     )
     memory_temperature: float = Field(
-        0.01, gt=0, description="Softmax temperature over cosine similarities to the bank."
+        0.5, gt=0,
+        description="Softmax temperature over cosine similarities to the bank: low picks the "
+        "nearest training reports, high a consensus of many. 0.5 was best on COV-CTR val.",
     )
     num_beams: int = Field(1, ge=1, description="Beam width; 1 is greedy decoding.")
     length_penalty: float = Field(

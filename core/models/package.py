@@ -1,0 +1,128 @@
+"""Turn a trained report model into the bundled default: half-precision weights and a model
+card, small enough to ship inside the package (the budget is 25 MB).
+
+    m3fm train --recipe m3fm-small --data ../shared/data --out runs/m3fm-small
+    m3fm evaluate --task report --checkpoint runs/m3fm-small/final \\
+        --data ../shared/data/cov-ctr --split val --out runs/m3fm-small/val-report.json
+    python -m m3fm.models.package runs/m3fm-small/final core/models/m3fm-small \\
+        --results runs/m3fm-small/val-report.json
+
+Weights are stored as float16 and read back into float32 parameters on load; the memory bank
+is float16 already.  The model card is written from the checkpoint's metadata (recipe,
+commit, data) and the evaluation results, so it states what was measured, not what was hoped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import click
+from safetensors.torch import load_file, save_file
+from tabulate import tabulate
+
+from m3fm.checkpoint import read_metadata, write_directory_atomically
+from m3fm.generation.reporting import ALIGN_DIR
+
+WEIGHT_FILES = ("model.safetensors", f"{ALIGN_DIR}/model.safetensors")
+SIZE_BUDGET_MB = 25.0
+
+DATA_LICENCES = (
+    ("COV-CTR, as distributed with the M3FM code",
+     "CT–English pairs, English–Chinese report pairs, generator text",
+     "Apache-2.0 code; images from the COVID-CT collection of figures in COVID-19 papers "
+     "(research use)"),
+    ("covid-chestxray-dataset, April 2020 snapshot", "X-ray–clinical-note pairs (alignment)",
+     "per image, mostly CC BY and CC BY-NC-SA"),
+    ("IU X-ray reports (Open-i, R2Gen annotation)", "English generator text",
+     "Open-i terms of the Indiana University collection"),
+)
+"""(data set, what it trained, licence) of the m3fm-small recipe's data."""
+
+
+def half_precision_copy(source: Path, target: Path) -> None:
+    """Copy a report-model directory, storing its weight files in float16."""
+    shutil.copytree(source, target, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("training_state*"))
+    for name in WEIGHT_FILES:
+        tensors = load_file(str(source / name))
+        half = {key: value.half() if value.is_floating_point() else value
+                for key, value in tensors.items()}
+        save_file(half, str(target / name), metadata={"format": "pt"})
+
+
+def directory_size_mb(directory: Path) -> float:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) / 2**20
+
+
+def model_card(metadata: dict, modalities: list[str], results: list[dict], size_mb: float
+               ) -> str:
+    """The README.md of a bundled model, from its metadata and evaluation rows."""
+    recipe = metadata["task"]["recipe"]
+    columns = ["modality", "language", "system", "n", "BLEU-4", "ROUGE-L", "CIDEr-D", "CE-F1",
+               "CE-F1-positive"]
+    table = tabulate(
+        [[f"{row[c]:.3f}" if isinstance(row[c], float) else row[c] for c in columns]
+         for row in results],
+        headers=columns, tablefmt="github",
+    )
+    return f"""# {recipe['name']} (recipe v{recipe['version']})
+
+{recipe['description']}.
+
+- **Architecture:** MultiMedCLIP alignment model ({', '.join(modalities)}
+  images; English and Chinese text) and a MultiMedLM generator writing
+  {', '.join(recipe['model']['languages'])}, trained on text only; image embeddings reach the
+  generator through the `{recipe['decode']['bridge']}` bridge.
+- **Produced by:** `m3fm train --recipe {recipe['name']} --data ../shared/data
+  --out runs/{recipe['name']}`, then `python -m m3fm.models.package` (weights stored in
+  float16), at commit
+  `{metadata.get('git_commit')}` with m3fm {metadata.get('m3fm_version')} and torch
+  {metadata.get('torch_version')}, {metadata.get('created')}; {metadata['step']} generator steps.
+- **Size:** {size_mb:.1f} MB.
+- **Intended use:** a working default for trying m3fm and for tests. It is trained from scratch
+  on about 800 images on a CPU: it is not a clinical tool, and its reports must not be used to
+  diagnose anyone.
+
+## Data and licences
+
+{tabulate(DATA_LICENCES, headers=["data", "used for", "licence"], tablefmt="github")}
+
+Some sources are non-commercial: use this model for research and evaluation only.
+
+## Validation scores
+
+Scored by `m3fm evaluate --task report` on the validation split of each data set, beside the
+baselines of the same command (see the docs' "Report generation" page for what they are):
+
+{table}
+"""
+
+
+@click.command()
+@click.argument("source", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("target", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--results", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              required=True, help="JSON rows of `m3fm evaluate --task report --out`.")
+def main(source: Path, target: Path, results: Path) -> None:
+    """Package the report model SOURCE as a bundled model in TARGET."""
+    metadata = read_metadata(source)
+    rows = json.loads(results.read_text())
+    modalities = json.loads((source / ALIGN_DIR / "config.json").read_text())["modalities"]
+
+    def fill(directory: Path) -> None:
+        half_precision_copy(source, directory)
+        size = directory_size_mb(directory)
+        card = model_card(metadata, modalities, rows, size)
+        (directory / "README.md").write_text(card, encoding="utf-8")
+
+    write_directory_atomically(target, fill)
+    size = directory_size_mb(target)
+    click.echo(f"packaged {source} into {target}: {size:.1f} MB")
+    if size > SIZE_BUDGET_MB:
+        raise SystemExit(f"m3fm: error: {target} is {size:.1f} MB, over {SIZE_BUDGET_MB} MB")
+
+
+if __name__ == "__main__":
+    main()
