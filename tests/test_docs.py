@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from alignment_fixtures import tiny_overrides, write_cov_ctr
+from generation_fixtures import tiny_generator_args
 from conftest import REPO
 
 from m3fm.cli import main
@@ -26,12 +27,19 @@ EXAMPLES = [
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    """A folder holding what the examples name: a trained model in runs/align/final, scan.png."""
+    """A folder holding what the examples name: scan.png, tiny models in runs/align/final
+    (alignment) and runs/zh-zeroshot/final (report model)."""
     root = tmp_path_factory.mktemp("docs")
     data = write_cov_ctr(root / "data")
+    align = root / "runs" / "align"
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--recipe", "cov-ctr-align", "--data", str(data), "--out",
-              str(root / "runs" / "align"), *tiny_overrides("train.max_steps=2")])
+        main(["train", "--recipe", "cov-ctr-align", "--data", str(data), "--out", str(align),
+              *tiny_overrides("train.max_steps=2")])
+    assert exit_info.value.code == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--recipe", "cov-ctr-zh-zeroshot", "--data", str(data), "--out",
+              str(root / "runs" / "zh-zeroshot"),
+              *tiny_generator_args(f"align.checkpoint={align / 'final'}", "train.max_steps=2")])
     assert exit_info.value.code == 0
     shutil.copy(data / "images" / "val-0.png", root / "scan.png")
     return root
@@ -65,6 +73,8 @@ def test_readme_main_command_runs():
     result = subprocess.run(["bash", "-c", install_and_run.group(2)], capture_output=True,
                             text=True, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr
+    assert install_and_run.group(2).startswith("m3fm run --plugin ct --lang zh ")
+    assert re.search(r"[\u4e00-\u9fff]{8}", result.stdout), result.stdout  # a Chinese report
 
 
 def test_examples_were_found():
