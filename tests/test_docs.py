@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from alignment_fixtures import tiny_overrides, write_cov_ctr
-from generation_fixtures import tiny_generator_args
 from conftest import REPO
+from generation_fixtures import tiny_generator_args
 
 from m3fm.cli import main
 

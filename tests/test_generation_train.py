@@ -7,13 +7,16 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from alignment_fixtures import write_cov_ctr
 from generation_fixtures import tiny_generator_args, write_tiny_align_recipe
 from PIL import Image
+from safetensors.torch import load_file
 
 import m3fm
 from m3fm.cli import main
 from m3fm.generation.reporting import ReportModel
+from m3fm.models.package import main as package_main
 
 STEPS = 6
 
@@ -160,3 +163,32 @@ def test_the_same_pixels_give_the_same_report(trained, tmp_path):
     Image.open(image).save(copy)
     first, second = model.generate([image, copy], modality="ct", lang="zh")
     assert first == second
+
+
+def test_packaged_model_is_half_size_loads_and_has_a_model_card(trained, capsys, tmp_path):
+    data, run = trained
+    results = tmp_path / "val.json"
+    code, _, err = run_cli(capsys, "evaluate", "--task", "report", "--checkpoint",
+                           str(run / "final"), "--data", str(data), "--out", str(results))
+    assert code == 0, err
+    target = tmp_path / "bundled"
+    with pytest.raises(SystemExit) as exit_info:
+        package_main([str(run / "final"), str(target), "--results", str(results)])
+    assert exit_info.value.code == 0
+    original, packed = (load_file(str(d / "model.safetensors")) for d in (run / "final", target))
+    assert all(packed[k].dtype == torch.float16 and packed[k].shape == original[k].shape
+               for k in original if original[k].is_floating_point())
+    for name in ("model.safetensors", "align/model.safetensors"):
+        assert (target / name).stat().st_size < 0.6 * (run / "final" / name).stat().st_size
+    card = (target / "README.md").read_text(encoding="utf-8")
+    assert "cov-ctr-zh-zeroshot" in card and "| nearest-report" in card and "CC BY" in card
+    image = next((data / "images").glob("val-*.png"))
+    before = m3fm.load(run / "final").embed_images([image], modality="ct")
+    after = m3fm.load(target).embed_images([image], modality="ct")
+    assert torch.allclose(before, after, atol=1e-2)
+
+
+def test_without_a_bundled_model_run_asks_for_a_checkpoint(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr("m3fm.models.MODELS_DIR", tmp_path)
+    code, _, err = run_cli(capsys, "run", "--plugin", "ct", str(tmp_path / "x.png"))
+    assert code == 1 and "no bundled m3fm-small model" in err and "--checkpoint" in err
