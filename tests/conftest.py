@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data location, and a fresh plugin registry per test."""
+"""Shared fixtures and helpers: the real data location, a fresh plugin registry per test, and
+running the CLI in-process."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from m3fm.cli import main
 from m3fm.registry import reset_registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,3 +33,11 @@ def _fresh_registry():
     reset_registry()
     yield
     reset_registry()
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `m3fm ARGS` run in this process."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err

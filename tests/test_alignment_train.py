@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from alignment_fixtures import tiny_overrides, write_cov_ctr
+from conftest import run_cli
 from safetensors.torch import load_file
 
 import m3fm
@@ -21,12 +22,6 @@ from m3fm.cli import main
 
 STEPS = 8
 
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

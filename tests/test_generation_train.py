@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from alignment_fixtures import write_cov_ctr
+from conftest import run_cli
 from generation_fixtures import tiny_generator_args, write_tiny_align_recipe
 from PIL import Image
 from safetensors.torch import load_file
@@ -20,12 +21,6 @@ from m3fm.models.package import main as package_main
 
 STEPS = 6
 
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from m3fm.validation import heads_divide_width, supported_version
+
 CONFIG_VERSION = 1
 """Version of the checkpoint config format; bumped when a change breaks old checkpoints."""
 
@@ -62,10 +64,7 @@ class TextTowerConfig(_Config):
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TextTowerConfig:
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}"
-            )
+        heads_divide_width(self.hidden_size, self.num_heads)
         return self
 
 
@@ -87,9 +86,7 @@ class AlignModelConfig(_Config):
     @field_validator("config_version")
     @classmethod
     def _supported_version(cls, version: int) -> int:
-        if version != CONFIG_VERSION:
-            raise ValueError(f"version {version} is unsupported; this m3fm reads {CONFIG_VERSION}")
-        return version
+        return supported_version(version, CONFIG_VERSION)
 
 
 class AlignLossConfig(_Config):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from m3fm.embedding import Embedder
 from m3fm.recipes import AlignRecipe
 from m3fm.registry import Record
 from m3fm.tokenizer import load_tokenizer, train_tokenizer
-from m3fm.training import TrainingTask, seed_everything
+from m3fm.training import LazyBatches, TrainingTask, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +43,6 @@ class StepBatch:
     reports: dict[str, torch.Tensor]
     anchors: dict[str, torch.Tensor] | None
     others: dict[str, torch.Tensor] | None
-
-
-class EpochBatches(Sequence[StepBatch]):
-    """An epoch's steps, collated lazily so a resumed run skips steps without building them."""
-
-    def __init__(self, task: AlignmentTask, steps: list[Step], epoch: int) -> None:
-        self.task, self.steps, self.epoch = task, steps, epoch
-
-    def __len__(self) -> int:
-        return len(self.steps)
-
-    def __getitem__(self, index: int) -> StepBatch:  # type: ignore[override]
-        return self.task.collate(self.steps[index], seed=(self.epoch, index))
 
 
 class AlignmentTask:
@@ -113,14 +99,14 @@ class AlignmentTask:
             },
         )
 
-    def batches(self, epoch: int) -> EpochBatches:
+    def batches(self, epoch: int) -> LazyBatches[Step, StepBatch]:
         steps = plan_epoch(
             self.pairs, epoch=epoch, seed=self.recipe.train.seed,
             batch_size=self.recipe.data.batch_size,
             parallel_batch_size=self.recipe.data.parallel_batch_size,
             rank=self.rank, world_size=self.world_size,
         )
-        return EpochBatches(self, steps, epoch)
+        return LazyBatches(steps, epoch, self.collate)
 
     def collate(self, step: Step, seed: tuple[int, int]) -> StepBatch:
         """Images (randomly cropped when augmenting) and token batches of one step."""

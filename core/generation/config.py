@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from m3fm.validation import heads_divide_width, supported_version
+
 GENERATOR_CONFIG_VERSION = 1
 """Version of the generator checkpoint format."""
 
@@ -76,16 +78,9 @@ class GeneratorConfig(_Config):
     @field_validator("config_version")
     @classmethod
     def _supported_version(cls, version: int) -> int:
-        if version != GENERATOR_CONFIG_VERSION:
-            raise ValueError(
-                f"version {version} is unsupported; this m3fm reads {GENERATOR_CONFIG_VERSION}"
-            )
-        return version
+        return supported_version(version, GENERATOR_CONFIG_VERSION)
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> GeneratorConfig:
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}"
-            )
+        heads_divide_width(self.hidden_size, self.num_heads)
         return self

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from m3fm.generation.reporting import ReportModel, ReportModelConfig, save_repor
 from m3fm.imaging import preprocess
 from m3fm.recipes import GenerateRecipe
 from m3fm.registry import ConfigError, M3fmError, Record, get_registry
-from m3fm.training import TrainingTask, seed_everything
+from m3fm.training import LazyBatches, TrainingTask, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +47,6 @@ class GeneratorBatch:
     embeddings: torch.Tensor
     language_ids: torch.Tensor
     labels: torch.Tensor
-
-
-class EpochBatches(Sequence[GeneratorBatch]):
-    """An epoch's batches, collated (noise drawn) lazily from a per-batch seed."""
-
-    def __init__(self, task: GenerationTask, batches: list[list[int]], epoch: int) -> None:
-        self.task, self.batches, self.epoch = task, batches, epoch
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, index: int) -> GeneratorBatch:  # type: ignore[override]
-        return self.task.collate(self.batches[index], seed=(self.epoch, index))
 
 
 class GenerationTask:
@@ -163,7 +149,7 @@ class GenerationTask:
             },
         )
 
-    def batches(self, epoch: int) -> EpochBatches:
+    def batches(self, epoch: int) -> LazyBatches[list[int], GeneratorBatch]:
         """Shuffled batches of a function of (seed, epoch); each rank takes its slice."""
         order = list(range(len(self.examples)))
         random.Random(self.recipe.train.seed * 1_000_003 + epoch).shuffle(order)
@@ -178,7 +164,7 @@ class GenerationTask:
                 f"{len(order)} training examples do not fill one batch of {size}; "
                 "lower data.batch_size"
             )
-        return EpochBatches(self, batches, epoch)
+        return LazyBatches(batches, epoch, self.collate)
 
     def collate(self, indices: list[int], seed: tuple[int, int]) -> GeneratorBatch:
         """Embeddings (text ones with seeded noise), language ids and target labels."""

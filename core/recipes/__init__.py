@@ -54,12 +54,15 @@ class AlignDataConfig(_Config):
     )
 
 
-class AlignRecipe(_Config):
-    """Stage 1: contrastive alignment of images and reports (MultiMedCLIP)."""
-
+class _Recipe(_Config):
     name: str = Field(description="Recipe name.")
     version: int = Field(ge=1, description="Bumped whenever the recipe's results would change.")
     description: str = Field("", description="What the recipe trains and on which data.")
+
+
+class AlignRecipe(_Recipe):
+    """Stage 1: contrastive alignment of images and reports (MultiMedCLIP)."""
+
     stage: Literal["align"] = Field(description="Training stage this recipe is for.")
     data: AlignDataConfig
     model: AlignModelConfig
@@ -99,12 +102,9 @@ class GenerateDataConfig(_Config):
     )
 
 
-class GenerateRecipe(_Config):
+class GenerateRecipe(_Recipe):
     """Stage 2: a report generator trained on the frozen text space of an alignment model."""
 
-    name: str = Field(description="Recipe name.")
-    version: int = Field(ge=1, description="Bumped whenever the recipe's results would change.")
-    description: str = Field("", description="What the recipe trains and on which data.")
     stage: Literal["generate"] = Field(description="Training stage this recipe is for.")
     align: AlignmentSource
     data: GenerateDataConfig

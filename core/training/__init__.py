@@ -10,10 +10,11 @@ from m3fm.training.interrupt import TrainingInterrupted
 from m3fm.training.loop import FINAL_DIR, NonFiniteLossError, train
 from m3fm.training.rng import seed_everything
 from m3fm.training.runtime import Runtime, resolve_runtime
-from m3fm.training.task import TrainingTask, TrainResult
+from m3fm.training.task import LazyBatches, TrainingTask, TrainResult
 
 __all__ = [
     "FINAL_DIR",
+    "LazyBatches",
     "NonFiniteLossError",
     "Runtime",
     "TrainConfig",

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -51,3 +51,25 @@ class TrainResult:
     """The last evaluation's metrics (empty when the task has no ``evaluate``)."""
     checkpoint: Path
     """The final model directory, ``OUT/final``."""
+
+
+Plan = TypeVar("Plan")
+Batch = TypeVar("Batch")
+
+
+class LazyBatches(Sequence[Batch], Generic[Plan, Batch]):
+    """An epoch's batches, each collated from its plan only when the loop asks for it, so a
+    resumed run skips the steps it already did without building them.
+
+    `collate(plan, (epoch, index))` gets the step's place, to seed its randomness from it.
+    """
+
+    def __init__(self, plans: Sequence[Plan], epoch: int,
+                 collate: Callable[[Plan, tuple[int, int]], Batch]) -> None:
+        self.plans, self.epoch, self.collate = plans, epoch, collate
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    def __getitem__(self, index: int) -> Batch:  # type: ignore[override]
+        return self.collate(self.plans[index], (self.epoch, index))
