@@ -12,6 +12,7 @@ from m3fm.generation.bridge import MemoryBank, bridge
 from m3fm.generation.config import DecodeConfig, GeneratorConfig
 from m3fm.generation.evaluation import baseline_reports
 from m3fm.generation.model import IGNORE_INDEX, MultiMedLM
+from m3fm.generation.reporting import without_unfinished_sentence
 from m3fm.recipes import GenerateRecipe, available_recipes, load_recipe
 from m3fm.registry import ConfigError, Record, UsageError, get_registry
 from m3fm.tokenizer import decode_report, train_tokenizer
@@ -145,3 +146,15 @@ def test_every_shipped_generate_recipe_names_a_shipped_alignment_recipe():
 def test_generate_recipe_needs_an_alignment_source():
     with pytest.raises(ConfigError, match=r"give align\.recipe or align\.checkpoint"):
         load_recipe("cov-ctr-zh-zeroshot", {"align.recipe": "null"})
+
+
+@pytest.mark.parametrize(
+    ("lang", "text", "kept"),
+    [
+        ("zh", "双肺未见异常密度影。纵隔居中，未见肿大淋巴", "双肺未见异常密度影。"),
+        ("en", "No abnormal density. The mediastinum is cent", "No abnormal density."),
+        ("en", "The lungs are clear and the hea", "The lungs are clear and the hea"),
+    ],
+)
+def test_a_report_cut_off_at_the_length_limit_loses_its_unfinished_sentence(lang, text, kept):
+    assert without_unfinished_sentence(text, get_registry().language(lang)) == kept

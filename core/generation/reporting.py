@@ -27,7 +27,7 @@ from m3fm.embedding import Embedder
 from m3fm.generation.bridge import MemoryBank, bridge
 from m3fm.generation.config import DecodeConfig, GeneratorConfig
 from m3fm.generation.model import MultiMedLM
-from m3fm.registry import InputError, get_registry
+from m3fm.registry import InputError, LanguageSpec, get_registry
 from m3fm.tokenizer import decode_report
 from m3fm.validation import describe_validation_error
 
@@ -98,7 +98,9 @@ class ReportModel(Embedder):
             batch = embeddings[start:start + decode.batch_size].to(self.device)
             points = bridge(batch, lang, decode, self.bank)
             for ids in self.generator.generate(points, lang, decode, use_cache=use_cache):
-                reports.append(language.normalize(decode_report(self.generator.tokenizer, ids)))
+                text = language.normalize(decode_report(self.generator.tokenizer, ids))
+                cut_off = len(ids) >= decode.max_new_tokens  # stopped by length, not by [EOS]
+                reports.append(without_unfinished_sentence(text, language) if cut_off else text)
         return reports
 
     @classmethod
@@ -125,6 +127,15 @@ class ReportModel(Embedder):
         if missing:
             raise InputError(f"{path}: the memory bank has no {', '.join(sorted(missing))}")
         return cls(align, generator, bank, config.decode, device=device)
+
+
+def without_unfinished_sentence(text: str, language: LanguageSpec) -> str:
+    """`text` without its last sentence (split by the language's rules), which a report cut
+    off at the length limit leaves unfinished; a one-sentence report is kept as it is."""
+    sentences = language.split_sentences(text)
+    if len(sentences) < 2:
+        return text
+    return text[:text.rfind(sentences[-1])].rstrip()
 
 
 def load(path: str | Path, device: str | torch.device | None = None) -> Embedder:
