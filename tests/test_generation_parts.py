@@ -92,6 +92,17 @@ def test_memory_bridge_moves_a_query_onto_the_bank_and_noise_leaves_it():
     assert torch.equal(bridge(query, "zh", DecodeConfig(bridge="noise"), bank), query)
 
 
+def test_memory_bridge_uses_the_reports_of_the_image_modality_when_it_has_them():
+    ct_reports, cxr_reports = torch.eye(4)[:1], torch.eye(4)[1:]
+    bank = MemoryBank({"en": torch.cat([ct_reports, cxr_reports]), "ct/en": ct_reports})
+    query = F.normalize(torch.ones(1, 4), dim=-1)
+    decode = DecodeConfig(memory_temperature=1.0)
+    assert torch.allclose(bridge(query, "en", decode, bank, "ct"), ct_reports)
+    mixed = bridge(query, "en", decode, bank, "cxr")  # no CXR subset: the whole language
+    assert torch.allclose(mixed, torch.full((1, 4), 0.5))
+    assert bank.languages == ("en",)
+
+
 def test_memory_bank_round_trips_through_a_file(tmp_path):
     bank = MemoryBank({"en": F.normalize(torch.randn(5, 4), dim=-1)})
     bank.save(tmp_path)

@@ -51,7 +51,7 @@ def test_training_writes_a_report_model_beside_its_alignment_model(trained):
     assert "ct/zh/CE-F1" in metadata["metrics"] and "ct/zh/BLEU-4" in metadata["metrics"]
     model = m3fm.load(final)
     assert isinstance(model, ReportModel) and model.report_languages == ("zh",)
-    assert model.bank.embeddings["zh"].shape == (8, 16)
+    assert model.bank.embeddings["zh"].shape == model.bank.embeddings["ct/zh"].shape == (8, 16)
 
 
 def test_supervised_setting_adds_image_pairs(trained, capsys, tmp_path):

@@ -55,7 +55,8 @@ def one_by_one_uncached(model: ReportModel, inputs: list[Path], modality: str, l
     reports = []
     for path in inputs:
         embedding = model.embed_images([preprocess(spec, path)], modality=modality)
-        reports += model.reports_from_embeddings(embedding, lang, decode, use_cache=False)
+        reports += model.reports_from_embeddings(embedding, lang, decode, use_cache=False,
+                                                 modality=modality)
     return reports
 
 

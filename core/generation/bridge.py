@@ -22,25 +22,33 @@ BANK_FILE = "memory_bank.safetensors"
 
 
 class MemoryBank:
-    """Text embeddings of training reports, per language, stored with the checkpoint."""
+    """Text embeddings of training reports, stored with the checkpoint.
+
+    Keys are a language (``"en"``: every training report of it) or ``"modality/language"``
+    (``"ct/en"``: the reports that describe that modality's images).  An image is projected
+    onto its own modality's reports when the bank has them, so that a CT image is not averaged
+    towards a much larger corpus of chest X-ray reports of the same language.
+    """
 
     def __init__(self, embeddings: dict[str, torch.Tensor]) -> None:
-        self.embeddings = {lang: F.normalize(vectors.float(), dim=-1)
-                           for lang, vectors in embeddings.items()}
+        self.embeddings = {key: F.normalize(vectors.float(), dim=-1)
+                           for key, vectors in embeddings.items()}
 
     @property
     def languages(self) -> tuple[str, ...]:
-        return tuple(self.embeddings)
+        return tuple(key for key in self.embeddings if "/" not in key)
 
-    def project(self, queries: torch.Tensor, language: str, temperature: float) -> torch.Tensor:
+    def project(self, queries: torch.Tensor, language: str, temperature: float,
+                modality: str | None = None) -> torch.Tensor:
         """Softmax(cosine / temperature)-weighted means of the bank, L2-normalised."""
-        bank = self.embeddings[language].to(queries.device)
+        key = f"{modality}/{language}"
+        bank = self.embeddings.get(key, self.embeddings[language]).to(queries.device)
         weights = torch.softmax(queries @ bank.T / temperature, dim=-1)
         return F.normalize(weights @ bank, dim=-1)
 
     def save(self, directory: Path) -> None:
         # Half precision: the bank only steers a softmax, and it halves the file.
-        tensors = {lang: vectors.half().contiguous() for lang, vectors in self.embeddings.items()}
+        tensors = {key: vectors.half().contiguous() for key, vectors in self.embeddings.items()}
         save_file(tensors, str(directory / BANK_FILE))
 
     @classmethod
@@ -52,9 +60,10 @@ class MemoryBank:
 
 
 def bridge(
-    embeddings: torch.Tensor, language: str, decode: DecodeConfig, bank: MemoryBank
+    embeddings: torch.Tensor, language: str, decode: DecodeConfig, bank: MemoryBank,
+    modality: str | None = None,
 ) -> torch.Tensor:
-    """The points the generator decodes for image `embeddings`, by `decode.bridge`."""
+    """The points the generator decodes for `modality` image `embeddings`, by `decode.bridge`."""
     if decode.bridge == "noise":
         return embeddings
-    return bank.project(embeddings, language, decode.memory_temperature)
+    return bank.project(embeddings, language, decode.memory_temperature, modality)

@@ -60,7 +60,9 @@ def generate_for_sets(
     """Each set with a generated report per image."""
     for subset in sets:
         embeddings = reporter.embed_images(set_images(subset, images), modality=subset.modality)
-        yield subset, reporter.reports_from_embeddings(embeddings, subset.language, decode)
+        yield subset, reporter.reports_from_embeddings(
+            embeddings, subset.language, decode, modality=subset.modality
+        )
 
 
 @dataclass

@@ -83,20 +83,21 @@ class ReportModel(Embedder):
     ) -> list[str]:
         """One report in `lang` per image file or preprocessed tensor."""
         self.generator.language_id(lang)  # refuse an unknown language before loading images
+        modality = self.modality(modality)
         embeddings = self.embed_images(images, modality=modality)
-        return self.reports_from_embeddings(embeddings, lang, decode)
+        return self.reports_from_embeddings(embeddings, lang, decode, modality=modality)
 
     def reports_from_embeddings(
         self, embeddings: torch.Tensor, lang: str, decode: DecodeConfig | None = None,
-        use_cache: bool = True,
+        use_cache: bool = True, modality: str | None = None,
     ) -> list[str]:
-        """Reports for image embeddings (N, D), bridged and decoded in batches."""
+        """Reports for `modality` image embeddings (N, D), bridged and decoded in batches."""
         decode = decode or self.decode
         language = get_registry().language(lang)
         reports = []
         for start in range(0, len(embeddings), decode.batch_size):
             batch = embeddings[start:start + decode.batch_size].to(self.device)
-            points = bridge(batch, lang, decode, self.bank)
+            points = bridge(batch, lang, decode, self.bank, modality)
             for ids in self.generator.generate(points, lang, decode, use_cache=use_cache):
                 text = language.normalize(decode_report(self.generator.tokenizer, ids))
                 cut_off = len(ids) >= decode.max_new_tokens  # stopped by length, not by [EOS]

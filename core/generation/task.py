@@ -40,6 +40,8 @@ class Example:
     embedding: torch.Tensor
     from_text: bool
     """Text embeddings get noise in training; image embeddings are used as they are."""
+    modality: str | None = None
+    """The imaging domain the report describes, when its data set says."""
 
 
 @dataclass
@@ -71,11 +73,7 @@ class GenerationTask:
         self.examples = self._text_examples(records, embedder)
         if recipe.data.image_pairs > 0:
             self.examples += self._image_examples(records, embedder)
-        self.bank = MemoryBank({
-            language: torch.stack([e.embedding for e in self.examples
-                                   if e.from_text and e.language == language])
-            for language in languages
-        })
+        self.bank = memory_bank(self.examples)
         seed_everything(recipe.train.seed)
         self.model = MultiMedLM(recipe.model, self.align.config.embed_dim, self.align.tokenizer)
         self.val_sets = retrieval_sets(
@@ -88,17 +86,17 @@ class GenerationTask:
         examples = []
         for language in self.recipe.model.languages:
             normalize = get_registry().language(language).normalize
-            reports = [normalize(r.report) for r in records
-                       if r.split == self.recipe.data.train_split and r.language == language]
-            reports = [report for report in reports if report.strip()]
-            if not reports:
+            chosen = [(normalize(r.report), r.modality) for r in records
+                      if r.split == self.recipe.data.train_split and r.language == language]
+            chosen = [(report, modality) for report, modality in chosen if report.strip()]
+            if not chosen:
                 raise ConfigError(
                     f"no {language!r} reports in split {self.recipe.data.train_split!r} of the "
                     "recipe's data sources"
                 )
-            vectors = embedder.embed_texts(reports, lang=language)
-            examples += [Example(language, report, vector, True)
-                         for report, vector in zip(reports, vectors, strict=True)]
+            vectors = embedder.embed_texts([report for report, _ in chosen], lang=language)
+            examples += [Example(language, report, vector, True, modality)
+                         for (report, modality), vector in zip(chosen, vectors, strict=True)]
         return examples
 
     def _image_examples(self, records: list[Record], embedder: Embedder) -> list[Example]:
@@ -122,7 +120,8 @@ class GenerationTask:
                     continue
                 vector = embedder.embed_images([image], modality=pairs.modality)[0]
                 examples.append(
-                    Example(pairs.language, normalize(pairs.texts[index]), vector, False)
+                    Example(pairs.language, normalize(pairs.texts[index]), vector, False,
+                            pairs.modality)
                 )
         log.info("%d image–report pairs train the generator", len(examples))
         return examples
@@ -198,3 +197,14 @@ class GenerationTask:
                 metrics[f"{pairs.modality}/{pairs.language}/{name}"] = scores[name]
         return metrics
 
+
+def memory_bank(examples: list[Example]) -> MemoryBank:
+    """The text examples' embeddings by language, and by modality and language."""
+    groups: dict[str, list[torch.Tensor]] = {}
+    for example in examples:
+        if example.from_text:
+            groups.setdefault(example.language, []).append(example.embedding)
+            if example.modality is not None:
+                key = f"{example.modality}/{example.language}"
+                groups.setdefault(key, []).append(example.embedding)
+    return MemoryBank({key: torch.stack(vectors) for key, vectors in groups.items()})
