@@ -13,10 +13,9 @@ from m3fm.alignment.data import AlignmentPairs, Step, plan_epoch
 from m3fm.alignment.losses import contrastive_loss, distillation_loss
 from m3fm.alignment.model import MultiMedCLIP
 from m3fm.alignment.retrieval import evaluate_retrieval, retrieval_sets
-from m3fm.data import read_records
+from m3fm.data import read_sources
 from m3fm.embedding import Embedder
 from m3fm.recipes import AlignRecipe
-from m3fm.registry import Record
 from m3fm.tokenizer import load_tokenizer, train_tokenizer
 from m3fm.training import LazyBatches, TrainingTask, seed_everything
 
@@ -24,14 +23,6 @@ log = logging.getLogger(__name__)
 
 CROP_SCALE = (0.8, 1.0)
 """Side of a random training crop, as a fraction of the image side."""
-
-
-def read_sources(recipe: AlignRecipe, data_dir: Path) -> list[Record]:
-    """Records of every data source of the recipe; skipped rows are logged with their place."""
-    return [
-        record for source in recipe.data.sources
-        for record in read_records(data_dir / source.path, source.format)
-    ]
 
 
 @dataclass
@@ -52,7 +43,7 @@ class AlignmentTask:
                  world_size: int = 1) -> None:
         self.recipe, self.rank, self.world_size = recipe, rank, world_size
         config = recipe.model
-        records = read_sources(recipe, data_dir)
+        records = read_sources(recipe.data.sources, data_dir)
         self.pairs = AlignmentPairs.from_records(
             records, split=recipe.data.train_split, modalities=config.modalities,
             languages=config.languages, image_other_language=recipe.loss.image_other_language,

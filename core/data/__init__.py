@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,12 @@ def read_records(path: str | Path, format: str | None = None) -> list[Record]:
     for problem in result.problems:
         log.warning("skipped %s: %s", problem.source, problem.message)
     return list(result.records)
+
+
+def read_sources(sources: Iterable[Any], data_dir: Path) -> list[Record]:
+    """Records of a recipe's data sources (``path`` relative to `data_dir`, ``format``)."""
+    return [record for source in sources
+            for record in read_records(data_dir / source.path, source.format)]
 
 
 def summarize(result: ReadResult) -> list[dict[str, Any]]:

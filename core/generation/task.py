@@ -17,7 +17,7 @@ import torch
 
 from m3fm.alignment.model import MultiMedCLIP
 from m3fm.alignment.retrieval import retrieval_sets
-from m3fm.data import read_records
+from m3fm.data import read_sources
 from m3fm.embedding import Embedder
 from m3fm.generation.bridge import MemoryBank
 from m3fm.generation.evaluation import generate_for_sets, score_reports
@@ -65,10 +65,7 @@ class GenerationTask:
                 f"{align_dir}: the alignment model has no {', '.join(unknown)} text; it has "
                 f"{', '.join(self.align.config.languages)}"
             )
-        records = [
-            record for source in recipe.data.sources
-            for record in read_records(data_dir / source.path, source.format)
-        ]
+        records = read_sources(recipe.data.sources, data_dir)
         embedder = Embedder(self.align, device="cpu")
         self.examples = self._text_examples(records, embedder)
         if recipe.data.image_pairs > 0:
