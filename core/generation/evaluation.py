@@ -126,6 +126,7 @@ def evaluate_report_models(
         for subset in sets:
             for name, reports in baseline_reports(subset, train, records, first, images, seed):
                 result.add(subset, name, reports)
+    result.rows.sort(key=lambda row: (row["modality"], row["language"]))  # models, then baselines
     return result
 
 

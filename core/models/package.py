@@ -71,10 +71,10 @@ def model_card(metadata: dict, modalities: list[str], results: list[dict], size_
 
 {recipe['description']}.
 
-- **Architecture:** MultiMedCLIP alignment model ({', '.join(modalities)}
-  images; English and Chinese text) and a MultiMedLM generator writing
-  {', '.join(recipe['model']['languages'])}, trained on text only; image embeddings reach the
-  generator through the `{recipe['decode']['bridge']}` bridge.
+- **Architecture:** a MultiMedCLIP alignment model (images: {', '.join(modalities)}) and a
+  MultiMedLM generator writing {', '.join(recipe['model']['languages'])}, trained on text
+  only; image embeddings reach the generator through the `{recipe['decode']['bridge']}`
+  bridge.
 - **Produced by:** `m3fm train --recipe {recipe['name']} --data ../shared/data
   --out runs/{recipe['name']}`, then `python -m m3fm.models.package` (weights stored in
   float16), at commit
@@ -97,6 +97,10 @@ Scored by `m3fm evaluate --task report` on the validation split of each data set
 baselines of the same command (see the docs' "Report generation" page for what they are):
 
 {table}
+
+Only CT reports are scored: no data set here pairs chest X-rays with reports (covid-cxr has
+clinical notes, IU X-ray reports come without images), so the quality of X-ray reports is
+not measured.
 """
 
 
