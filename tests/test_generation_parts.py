@@ -72,6 +72,8 @@ def test_max_new_tokens_and_ngram_blocking_bound_the_output(memorised):
     model, embeddings = memorised
     short = model.generate(embeddings, "zh", DecodeConfig(max_new_tokens=3))
     assert all(len(row) <= 3 for row in short)
+    longest = model.generate(embeddings + 5, "zh", DecodeConfig(max_new_tokens=500))
+    assert all(len(row) <= model.config.max_length for row in longest)  # positions it has
     blocked = model.generate(embeddings, "zh", DecodeConfig(no_repeat_ngram_size=1))
     assert all(len(row) == len(set(row)) for row in blocked)
 

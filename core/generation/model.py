@@ -91,6 +91,11 @@ class MultiMedLM(nn.Module):
         inputs = self.encoder_inputs(embeddings, language_ids)
         return self.bart(inputs_embeds=inputs, labels=labels).loss
 
+    def token_limit(self, decode: DecodeConfig) -> int:
+        """The longest report decoded: `decode.max_new_tokens`, but no more positions than
+        the decoder was built with (``max_length``)."""
+        return min(decode.max_new_tokens, self.config.max_length)
+
     @torch.no_grad()
     def generate(
         self, embeddings: torch.Tensor, language: str, decode: DecodeConfig,
@@ -111,7 +116,7 @@ class MultiMedLM(nn.Module):
             num_beams=decode.num_beams,
             length_penalty=decode.length_penalty,
             no_repeat_ngram_size=decode.no_repeat_ngram_size,
-            max_new_tokens=decode.max_new_tokens,
+            max_new_tokens=self.token_limit(decode),
             use_cache=use_cache,
             # Beam search stops once num_beams reports are finished (greedy has no such flag).
             **({"early_stopping": True} if decode.num_beams > 1 else {}),

@@ -100,7 +100,7 @@ class ReportModel(Embedder):
             points = bridge(batch, lang, decode, self.bank, modality)
             for ids in self.generator.generate(points, lang, decode, use_cache=use_cache):
                 text = language.normalize(decode_report(self.generator.tokenizer, ids))
-                cut_off = len(ids) >= decode.max_new_tokens  # stopped by length, not by [EOS]
+                cut_off = len(ids) >= self.generator.token_limit(decode)  # no [EOS] reached
                 reports.append(without_unfinished_sentence(text, language) if cut_off else text)
         return reports
 
