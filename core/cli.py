@@ -267,14 +267,12 @@ def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
     spec = registry.modality(modality)
     registry.language(language)
     model = _report_model(checkpoint)
-    model.modality(modality)
-    model.generator.language_id(language)
     decode = _decoding(model.decode, bridge, beams, memory_temperature)
     inputs = collect_inputs(spec, paths)
+    results = report_inputs(model, inputs, modality=modality, lang=language, decode=decode)
     failed = 0
     sink = out.open("w", encoding="utf-8") if out is not None else None
     try:
-        results = report_inputs(model, inputs, modality=modality, lang=language, decode=decode)
         for result in track(results, "writing reports", total=len(inputs)):
             line = json.dumps(result, ensure_ascii=False)
             if sink is not None:

@@ -16,8 +16,9 @@ SHOW_ABOVE = 5
 _stderr = Console(stderr=True)
 
 
-def track(items: Sequence[T] | Iterable[T], description: str, total: int | None = None,
-          ) -> Iterator[T]:
+def track(
+    items: Sequence[T] | Iterable[T], description: str, total: int | None = None
+) -> Iterator[T]:
     """Iterate over `items`, showing a progress bar on stderr when there are many of them.
 
     `total` is the item count of an iterable without a length (a generator of results).

@@ -20,10 +20,19 @@ def report_inputs(
     decode: DecodeConfig | None = None,
 ) -> Iterator[dict[str, str]]:
     """Yield ``{"input", "modality", "language", "report"}`` or ``{"input", "error"}`` per input,
-    in input order, a batch (``decode.batch_size``) at a time."""
+    in input order, a batch (``decode.batch_size``) at a time.
+
+    A modality or language the model lacks is refused here, before any input is read.
+    """
     decode = decode or model.decode
     modality = model.modality(modality)
     model.generator.language_id(lang)
+    return _reports(model, inputs, modality, lang, decode)
+
+
+def _reports(
+    model: ReportModel, inputs: Sequence[Path], modality: str, lang: str, decode: DecodeConfig
+) -> Iterator[dict[str, str]]:
     spec = get_registry().modality(modality)
     for start in range(0, len(inputs), decode.batch_size):
         chunk = inputs[start:start + decode.batch_size]

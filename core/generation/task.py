@@ -109,17 +109,19 @@ class GenerationTask:
             chosen = order[:max(1, round(self.recipe.data.image_pairs * len(order)))]
             spec = get_registry().modality(pairs.modality)
             normalize = get_registry().language(pairs.language).normalize
+            images, kept = [], []
             for index in chosen:
                 try:
-                    image = preprocess(spec, pairs.images[index])
+                    images.append(preprocess(spec, pairs.images[index]))
+                    kept.append(index)
                 except M3fmError as exc:
                     log.warning("skipped training image: %s", exc)
-                    continue
-                vector = embedder.embed_images([image], modality=pairs.modality)[0]
-                examples.append(
-                    Example(pairs.language, normalize(pairs.texts[index]), vector, False,
-                            pairs.modality)
-                )
+            vectors = embedder.embed_images(images, modality=pairs.modality)  # batched
+            examples += [
+                Example(pairs.language, normalize(pairs.texts[index]), vector, False,
+                        pairs.modality)
+                for index, vector in zip(kept, vectors, strict=True)
+            ]
         log.info("%d image–report pairs train the generator", len(examples))
         return examples
 
