@@ -177,10 +177,15 @@ class CheckpointStore:
         return directory
 
     def latest(self) -> Path | None:
-        """The checkpoint ``latest`` points to; None when nothing was saved yet."""
+        """The checkpoint ``latest`` points to; None when nothing was saved yet.
+
+        Without a pointer, the newest step directory: a run killed between renaming a
+        checkpoint into place and writing the pointer still left it complete.
+        """
         pointer = self.root / LATEST_NAME
         if not pointer.is_file():
-            return None
+            complete = [d for d in self.steps().values() if (d / WEIGHTS_NAME).is_file()]
+            return complete[-1] if complete else None
         directory = self.root / pointer.read_text(encoding="utf-8").strip()
         if not (directory / WEIGHTS_NAME).is_file():
             raise CheckpointError(f"{pointer} points to {directory}, which is missing or empty")

@@ -98,6 +98,14 @@ def test_a_killed_write_is_ignored_then_replaced(tmp_path):
     assert not leftover.exists() and list(store.steps()) == [5, 10]
 
 
+def test_a_kill_before_the_pointer_is_written_keeps_the_renamed_checkpoint(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.save(5, write_weights)
+    store.save(10, write_weights)
+    (tmp_path / LATEST_NAME).unlink()  # killed after the rename, before the pointer
+    assert store.latest() == tmp_path / "step-000010"
+
+
 def test_saving_a_step_again_replaces_it(tmp_path):
     store = CheckpointStore(tmp_path)
     store.save(5, lambda d: save_model_files(d, nn.Linear(2, 2), metadata={"run": 1}))
