@@ -19,11 +19,12 @@ from rich.console import Console
 from rich.table import Table
 
 from m3fm import __version__
+from m3fm.diagnosis import SOURCES
+from m3fm.generation import DecodeConfig
 from m3fm.registry import (
     KINDS,
     PLUGIN_API_VERSION,
     M3fmError,
-    NotAvailableError,
     UnknownNameError,
     UsageError,
     get_registry,
@@ -250,41 +251,58 @@ def data_summary(path: Path, format_name: str | None, as_json: bool) -> None:
 @click.option("--beams", type=click.IntRange(min=1), help="Beam width; 1 is greedy.")
 @click.option("--memory-temperature", type=click.FloatRange(min=0, min_open=True),
               help="Softmax temperature of the memory bridge; default: the model's.")
+@click.option("--labels", metavar="LABEL,...",
+              help="Diagnosis labels to score; default: every label of the modality.")
+@click.option("--no-diagnosis", is_flag=True, help="Write reports only.")
+@click.option("--diagnosis-from", type=click.Choice(SOURCES), default="image",
+              show_default=True, help="Read label probabilities from the image, the written "
+              "report, or the mean of both.")
+@click.option("--no-report", is_flag=True,
+              help="Diagnosis only; an alignment-only --checkpoint is then enough.")
 @click.argument("paths", nargs=-1, required=True, type=PathArg)
 def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
         as_json: bool, bridge: str | None, beams: int | None,
-        memory_temperature: float | None, paths: tuple[Path, ...]) -> None:
-    """Write a report in --lang for each image, DICOM file, NIfTI volume or folder in PATHS.
+        memory_temperature: float | None, labels: str | None, no_diagnosis: bool,
+        diagnosis_from: str, no_report: bool, paths: tuple[Path, ...]) -> None:
+    """Write a report in --lang and zero-shot label probabilities for each image, DICOM
+    file, NIfTI volume or folder in PATHS.
 
-    Inputs are decoded in batches. An input that cannot be read is reported in its place and
+    Inputs are processed in batches. An input that cannot be read is reported in its place and
     the others go on; the exit code is 1 only when no input could be processed.
     """
-    from m3fm.generation.batch import report_inputs
+    from m3fm.analysis import Analysis, analyse_inputs
+    from m3fm.diagnosis.zeroshot import resolve_labels
     from m3fm.inputs import collect_inputs
     from m3fm.progress import track
 
+    if no_report and no_diagnosis:
+        raise UsageError("--no-report with --no-diagnosis leaves nothing to do")
     registry = get_registry()
     spec = registry.modality(modality)
     registry.language(language)
-    model = _report_model(checkpoint)
-    decode = _decoding(model.decode, bridge, beams, memory_temperature)
+    chosen = () if no_diagnosis else resolve_labels(modality, _split_labels(labels))
+    analysis = Analysis(modality, language, report=not no_report, labels=chosen,
+                        diagnosis_from=diagnosis_from)
+    model = _model(checkpoint, reports=analysis.report or diagnosis_from != "image")
+    decode = _decoding(getattr(model, "decode", DecodeConfig()), bridge, beams,
+                       memory_temperature)
     inputs = collect_inputs(spec, paths)
-    results = report_inputs(model, inputs, modality=modality, lang=language, decode=decode)
+    results = analyse_inputs(model, inputs, analysis, decode)
     failed = 0
     sink = out.open("w", encoding="utf-8") if out is not None else None
     try:
-        for result in track(results, "writing reports", total=len(inputs)):
+        for result in track(results, "analysing inputs", total=len(inputs)):
             line = json.dumps(result, ensure_ascii=False)
             if sink is not None:
                 sink.write(line + "\n")
-                sink.flush()  # finished reports survive a later crash or Ctrl-C
+                sink.flush()  # finished results survive a later crash or Ctrl-C
             failed += "error" in result
             if "error" in result:
                 click.echo(f"m3fm: error: {' '.join(result['error'].split())}", err=True)
             elif as_json:
                 click.echo(line)
             else:
-                click.echo(f"{result['input']}\n{result['report']}\n")
+                click.echo(_as_text(result))
     finally:
         if sink is not None:
             sink.close()
@@ -292,10 +310,34 @@ def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
         raise M3fmError(f"no input could be processed ({failed} failed)")
 
 
+def _split_labels(labels: str | None) -> list[str] | None:
+    return None if labels is None else [label.strip() for label in labels.split(",") if label]
+
+
+def _as_text(result: dict) -> str:
+    """One input's result for people: its path, its report, then one line per label."""
+    lines = [result["input"]]
+    if "report" in result:
+        lines.append(result["report"])
+    lines += [f"  {label}: {p:.3f}" for label, p in result.get("diagnosis", {}).items()]
+    return "\n".join(lines) + "\n"
+
+
 def _decoding(default, bridge: str | None, beams: int | None, temperature: float | None):
     """`default` (a DecodeConfig) with the decoding options given on the command line."""
     changes = {"bridge": bridge, "num_beams": beams, "memory_temperature": temperature}
     return default.model_copy(update={k: v for k, v in changes.items() if v is not None})
+
+
+def _model(checkpoint: Path | None, reports: bool):
+    """The model in `checkpoint` (the bundled default when None); a report model if `reports`."""
+    if reports or checkpoint is None:
+        return _report_model(checkpoint)
+    if not checkpoint.is_dir():
+        raise UsageError(f"--checkpoint {checkpoint}: no such directory")
+    from m3fm.generation import load
+
+    return load(checkpoint)
 
 
 def _report_model(checkpoint: Path | None):
@@ -340,50 +382,18 @@ def train(recipe: str, data_dir: Path, out: Path, overrides: tuple[str, ...], re
     Writes checkpoints to OUT/checkpoints, the final model to OUT/final and metrics to
     OUT/metrics.jsonl. Ctrl-C saves a checkpoint; `--resume` continues exactly where it stopped.
     """
-    from m3fm.recipes import AlignRecipe, load_recipe
+    from m3fm.recipes import load_recipe
+    from m3fm.recipes.training import train_recipe
     from m3fm.training.distributed import Ranks
 
     loaded = load_recipe(recipe, _parse_overrides(overrides))
     ranks = Ranks.from_environment()
-    if isinstance(loaded, AlignRecipe):
-        result = _train_alignment(loaded, data_dir, out, resume, ranks)
-    else:
-        result = _train_generator(loaded, data_dir, out, resume, ranks)
+    result = train_recipe(loaded, data_dir, out, resume=resume, ranks=ranks,
+                          notify=lambda message: click.echo(message, err=True))
     if ranks.is_main:
         click.echo(f"trained {loaded.name} v{loaded.version} for {result.step} steps; "
                    f"final loss {result.loss:.4f}; model in {result.checkpoint}")
         _print_metrics(result.metrics)
-
-
-def _train_alignment(recipe, data_dir: Path, out: Path, resume: bool, ranks):
-    from m3fm.alignment.task import AlignmentTask
-    from m3fm.training import train as run_training
-
-    task = AlignmentTask(recipe, data_dir, rank=ranks.rank, world_size=ranks.world_size)
-    return run_training(task.training_task(str(data_dir)), recipe.train, out, resume=resume)
-
-
-def _train_generator(recipe, data_dir: Path, out: Path, resume: bool, ranks):
-    """Stage 2, after training (or reusing) the alignment model it decodes from."""
-    from m3fm.generation.task import GenerationTask
-    from m3fm.recipes import load_recipe
-    from m3fm.training import FINAL_DIR
-    from m3fm.training import train as run_training
-
-    align_dir = recipe.align.checkpoint
-    if align_dir is None:
-        align_out = out / "align"
-        align_dir = align_out / FINAL_DIR
-        if not align_dir.is_dir():
-            click.echo(f"training alignment recipe {recipe.align.recipe} into {align_out}",
-                       err=True)
-            started = (align_out / "checkpoints").is_dir()
-            _train_alignment(load_recipe(recipe.align.recipe), data_dir, align_out,
-                             resume or started, ranks)
-    task = GenerationTask(recipe, data_dir, align_dir, rank=ranks.rank,
-                          world_size=ranks.world_size)
-    return run_training(task.training_task(str(data_dir), align_dir), recipe.train, out,
-                        resume=resume)
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:
@@ -427,24 +437,41 @@ def recipes() -> None:
 @click.option("--beams", type=click.IntRange(min=1), help="Report task: beam width.")
 @click.option("--memory-temperature", type=click.FloatRange(min=0, min_open=True),
               help="Report task: softmax temperature of the memory bridge.")
+@click.option("--plugin", "modality", help="Diagnosis task: modality of the images; default: "
+              "the model's only one.")
+@click.option("--label", help="Diagnosis task: label to diagnose; default: the modality's first.")
+@click.option("--plots", type=PathArg, help="Diagnosis task: write ROC and few-shot PNGs here.")
 def evaluate(checkpoints: tuple[Path, ...], data_dir: Path, format_name: str | None, split: str,
              task: str, language: str | None, out: Path | None, markdown: Path | None,
              reports_out: Path | None, baselines: bool, bridge: str | None,
-             beams: int | None, memory_temperature: float | None) -> None:
-    """Evaluate models on a data split: retrieval (recall@k, median rank) or report
-    generation (BLEU-1..4, ROUGE-L, CIDEr-D and clinical-efficacy P/R/F1, beside baselines).
+             beams: int | None, memory_temperature: float | None, modality: str | None,
+             label: str | None, plots: Path | None) -> None:
+    """Evaluate models on a data split: retrieval (recall@k, median rank), report
+    generation (BLEU-1..4, ROUGE-L, CIDEr-D and clinical-efficacy P/R/F1, beside baselines) or
+    diagnosis (zero-shot from images and reports, few-shot probes, chance; AUC, F1, accuracy).
     """
     from m3fm.data import read_records
 
-    if task == "diagnosis":
-        raise NotAvailableError(f"m3fm {__version__} cannot evaluate diagnosis yet")
     if language is not None:
         get_registry().language(language)
     records = read_records(data_dir, format_name)
-    if task == "retrieval":
+    if task == "diagnosis":
+        if len(checkpoints) != 1:
+            raise UsageError("diagnosis evaluates one --checkpoint at a time")
+        rows, few_shot = _diagnosis_rows(checkpoints[0], records, split, language, modality,
+                                         label, plots)
+        columns = ["modality", "label", "method", "language", "n", "positives", "auc", "f1",
+                   "accuracy"]
+        title = f"diagnosis on {split}"
+        _table("few-shot linear probe (mean over seeds)", ["shots", "draws", "auc", "f1"],
+               [[r["shots"], str(r["draws"]), _mean_std(r, "auc"), _mean_std(r, "f1")]
+                for r in few_shot])
+        rows_for_out: list[dict] | dict = {"rows": rows, "few_shot": few_shot}
+    elif task == "retrieval":
         if len(checkpoints) != 1:
             raise UsageError("retrieval evaluates one --checkpoint at a time")
-        rows = _retrieval_rows(checkpoints[0], records, split, language, data_dir)
+        rows = rows_for_out = _retrieval_rows(checkpoints[0], records, split, language,
+                                              data_dir)
         columns = ["modality", "language", "direction", "n", "chance_R@5", "R@1", "R@5",
                    "R@10", "median_rank"]
         title = f"retrieval on {split}"
@@ -461,14 +488,14 @@ def evaluate(checkpoints: tuple[Path, ...], data_dir: Path, format_name: str | N
             models, records, split=split, languages=[language] if language else None,
             baselines=baselines,
         )
-        rows = result.rows
+        rows = rows_for_out = result.rows
         columns = ["modality", "language", "system", "n", *REPORT_METRICS]
         title = f"report generation on {split}"
         if reports_out is not None:
             reports_out.write_text("".join(json.dumps(entry, ensure_ascii=False) + "\n"
                                            for entry in result.reports), encoding="utf-8")
     if out is not None:
-        out.write_text(json.dumps(rows, ensure_ascii=False, indent=2))
+        out.write_text(json.dumps(rows_for_out, ensure_ascii=False, indent=2))
     if markdown is not None:
         from tabulate import tabulate
 
@@ -478,13 +505,39 @@ def evaluate(checkpoints: tuple[Path, ...], data_dir: Path, format_name: str | N
     _table(title, shown, _cells(rows, shown))
 
 
-TERMINAL_HIDDEN = {"BLEU-2", "BLEU-3", "CE-P", "CE-R", "chance_R@5"}
+TERMINAL_HIDDEN = {"BLEU-2", "BLEU-3", "CE-P", "CE-R", "chance_R@5", "positives"}
 """Columns left out of the terminal table so that it fits 80 columns."""
 
 
 def _cells(rows: list[dict], columns: list[str]) -> list[list[str]]:
-    return [[f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
-            for row in rows]
+    return [["n/a" if row[c] is None else f"{row[c]:.3f}" if isinstance(row[c], float)
+             else str(row[c]) for c in columns] for row in rows]
+
+
+def _mean_std(row: dict, metric: str) -> str:
+    mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
+    return "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def _diagnosis_rows(checkpoint: Path, records, split: str, language: str | None,
+                    modality: str | None, label: str | None, plots: Path | None):
+    """Rows of every diagnosis method and the few-shot curve; ROC and curve plots to `plots`."""
+    from m3fm.diagnosis.evaluation import evaluate_diagnosis
+    from m3fm.diagnosis.zeroshot import resolve_labels
+    from m3fm.generation import load
+
+    model = load(checkpoint)
+    modality = model.modality(modality)
+    label = resolve_labels(modality, [label] if label else None)[0]
+    result = evaluate_diagnosis(model, records, modality=modality, label=label, split=split,
+                                languages=[language] if language else None)
+    if plots is not None:
+        from m3fm.diagnosis.metrics import plot_few_shot, plot_roc
+
+        plot_roc(result.curves, f"ROC, {label} on {split}", plots / "roc.png")
+        plot_few_shot(result.few_shot, {"chance": 0.5}, f"Linear probe, {label} on {split}",
+                      plots / "few-shot.png")
+    return result.rows, result.few_shot
 
 
 def _retrieval_rows(checkpoint: Path, records, split: str, language: str | None,
@@ -589,6 +642,35 @@ class _WarningEcho(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         click.echo(f"m3fm: warning: {' '.join(record.getMessage().split())}", err=True)
+
+
+@cli.command()
+@click.option("--data", "data_dir", type=click.Path(path_type=Path, file_okay=False),
+              envvar="M3FM_DATA", required=True, show_envvar=True,
+              help="Folder holding cov-ctr/, covid-cxr/ and iu-xray-reports/.")
+@click.option("--split", default="val", show_default=True,
+              help="Split to measure on; thresholds are tuned on val (on train when it is val).")
+@click.option("--runs", type=PathArg, default=Path("runs"), show_default=True,
+              help="Where models are trained, one folder per recipe; finished ones are reused.")
+@click.option("--out", type=PathArg, default=Path("results"), show_default=True,
+              help="Results folder: results.json, results.md and PNG plots.")
+@click.option("--quick", is_flag=True,
+              help="Tiny models, few steps, few images: checks the pipeline (CI), not quality.")
+def benchmark(data_dir: Path, split: str, runs: Path, out: Path, quick: bool) -> None:
+    """Train (or reuse) every model of the paper's settings and measure them all: report
+    generation with baselines, retrieval, and zero-shot, report-based and few-shot diagnosis
+    on COV-CTR and covid-cxr with their baselines.
+    """
+    from m3fm.benchmarks.results import write_results
+    from m3fm.benchmarks.suite import Benchmark
+
+    def notify(message: str) -> None:
+        click.echo(f"m3fm: {message}", err=True)
+
+    suite = Benchmark(data_dir, runs, split=split, quick=quick, notify=notify)
+    suite.train()
+    paths = write_results(suite.measure(), out)
+    click.echo("\n".join(str(path) for path in paths))
 
 
 def _show_warnings() -> None:

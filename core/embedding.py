@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from m3fm.alignment.model import MultiMedCLIP
+from m3fm.alignment.model import MAX_LOGIT_SCALE, MultiMedCLIP
 from m3fm.imaging import preprocess
 from m3fm.registry import UsageError, get_registry
 
@@ -35,6 +35,11 @@ class Embedder:
     @property
     def languages(self) -> tuple[str, ...]:
         return self.model.config.languages
+
+    @property
+    def logit_scale(self) -> float:
+        """The learnt inverse temperature of the space, which calibrates similarity softmaxes."""
+        return self.model.logit_scale.detach().exp().clamp(max=MAX_LOGIT_SCALE).item()
 
     def modality(self, modality: str | None) -> str:
         """The modality to embed images as: `modality` if the model has it, else the only one."""

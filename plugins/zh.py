@@ -30,7 +30,7 @@ import re
 from typing import TYPE_CHECKING
 
 from m3fm.findings import FindingRules, Location, Negation
-from m3fm.registry import Finding, LanguageSpec, hookimpl
+from m3fm.registry import Finding, LabelPrompts, LanguageSpec, hookimpl
 from m3fm.text import (
     collapse_punctuation_runs,
     fullwidth_to_ascii,
@@ -191,6 +191,22 @@ NEGATIVE_TEMPLATES = (
     "不考虑{finding}。",
 )
 
+# COVID-19 by its imaging signs, parallel to the English prompts (the reports never name it).
+LABEL_PROMPTS = {
+    "covid19": LabelPrompts(
+        positive=(
+            "双肺可见磨玻璃影。",
+            "双肺多发斑片状磨玻璃影，边缘模糊。",
+            "双肺外周磨玻璃影，符合新型冠状病毒肺炎。",
+        ),
+        negative=(
+            "双肺内未见异常密度影。",
+            "双肺未见磨玻璃影。",
+            "双肺未见磨玻璃影，不考虑新型冠状病毒肺炎。",
+        ),
+    ),
+}
+
 # Finding extraction.  Terms per label id, matched in normalised text; they cover the CT
 # wording of COV-CTR reports and common synonyms.  Modifiers that belong to a finding are part
 # of its term, so that "斑片" in "斑片状磨玻璃影" is not also read as a patchy opacity.
@@ -316,6 +332,7 @@ SPEC = LanguageSpec(
     finding_names=FINDING_NAMES,
     positive_templates=POSITIVE_TEMPLATES,
     negative_templates=NEGATIVE_TEMPLATES,
+    label_prompts=LABEL_PROMPTS,
     extract_findings=extract_findings,
 )
 

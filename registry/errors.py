@@ -24,10 +24,11 @@ class UsageError(M3fmError):
 class UnknownNameError(UsageError):
     """A plugin, language, dataset format or label name that nothing installed provides."""
 
-    def __init__(self, kind: str, name: str, available: list[str]) -> None:
+    def __init__(self, kind: str, name: str, available: list[str],
+                 listed_as: str = "installed") -> None:
         self.kind, self.name, self.available = kind, name, sorted(available)
-        installed = ", ".join(self.available) or "none"
-        super().__init__(f"unknown {kind} {name!r}; installed: {installed}")
+        names = ", ".join(self.available) or "none"
+        super().__init__(f"unknown {kind} {name!r}; {listed_as}: {names}")
 
 
 class PluginConflictError(M3fmError):

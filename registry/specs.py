@@ -55,6 +55,23 @@ class Finding(_Spec):
     )
 
 
+class LabelPrompts(_Spec):
+    """Sentences that state a label present or absent, written the way reports describe it.
+
+    Zero-shot diagnosis compares an image with these sentences, so they must use the words the
+    alignment model's reports use.  A name in a template ("COVID-19 pneumonia") works only when
+    reports name the disease; COV-CTR's never do, they describe its signs (ground-glass
+    shadows), so a language plugin can describe such a label here instead.
+    """
+
+    positive: tuple[str, ...] = Field(
+        min_length=1, description="Sentences stating the label is present."
+    )
+    negative: tuple[str, ...] = Field(
+        min_length=1, description="Sentences stating it is absent, parallel to `positive`."
+    )
+
+
 class EncoderOptions(BaseModel):
     """How to build a modality's image encoder.
 
@@ -161,6 +178,11 @@ class LanguageSpec(_Spec):
     negative_templates: tuple[str, ...] = Field(
         description="Prompts stating a finding is absent; each contains `{finding}`."
     )
+    label_prompts: dict[LabelId, LabelPrompts] = Field(
+        default_factory=dict,
+        description="Descriptive prompts for labels whose name is not how reports describe "
+        "them; they replace the templates for that label (optional since plugin API 1.2).",
+    )
     extract_findings: Callable[[str], list[Finding]] | None = Field(
         None,
         description="Read the findings a radiology report (raw or normalised) states or "
@@ -186,9 +208,13 @@ class LanguageSpec(_Spec):
         return self
 
     def prompts(self, label: str) -> tuple[list[str], list[str]]:
-        """Positive and negative prompts for `label`, in this language."""
+        """Positive and negative prompts for `label`, in this language: its `label_prompts`
+        when the plugin describes the label, else every template filled with its name."""
         from .errors import UnknownNameError  # local: keeps the spec module import-light
 
+        if label in self.label_prompts:
+            described = self.label_prompts[label]
+            return list(described.positive), list(described.negative)
         if label not in self.finding_names:
             kind = f"label for language {self.code!r}"
             raise UnknownNameError(kind, label, list(self.finding_names))

@@ -75,13 +75,6 @@ def test_train_with_an_unknown_recipe_lists_the_shipped_ones(capsys, tmp_path):
     assert_one_line_error(err, "unknown recipe 'cov-ctr-alling'", "cov-ctr-align")
 
 
-def test_evaluate_refuses_tasks_it_cannot_do_yet(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "evaluate", "--checkpoint", str(tmp_path), "--data",
-                           str(tmp_path), "--task", "diagnosis")
-    assert code == 1
-    assert_one_line_error(err, "cannot evaluate diagnosis yet")
-
-
 def test_malformed_override_is_a_usage_error(capsys, tmp_path):
     code, _, err = run_cli(capsys, "train", "--recipe", "x", "--data", str(tmp_path), "--out",
                            str(tmp_path), "--set", "lr")

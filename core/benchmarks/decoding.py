@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 import torch
 
-from m3fm.generation.batch import report_inputs
+from m3fm.analysis import Analysis, analyse_inputs
 from m3fm.generation.reporting import ReportModel
 from m3fm.imaging import preprocess
 from m3fm.models import default_model_dir
@@ -44,7 +44,7 @@ def sample_inputs(count: int, folder: Path) -> list[Path]:
 def batched_cached(model: ReportModel, inputs: list[Path], modality: str, lang: str
                    ) -> list[str]:
     """What ``m3fm run`` does."""
-    return [r["report"] for r in report_inputs(model, inputs, modality=modality, lang=lang)]
+    return [r["report"] for r in analyse_inputs(model, inputs, Analysis(modality, lang))]
 
 
 def one_by_one_uncached(model: ReportModel, inputs: list[Path], modality: str, lang: str

@@ -1,0 +1,251 @@
+"""`m3fm benchmark`: train (or reuse) every model the paper's settings need, then measure all.
+
+One command reproduces every table: report generation for the zero-shot, few-shot and
+supervised settings in English and Chinese with their baselines, retrieval, and diagnosis on
+COV-CTR (CT, COVID-19 vs not) and covid-cxr (X-ray, COVID-19 vs other findings; split by
+patient).  Models are trained through the same recipes `m3fm train` uses, each in
+``RUNS/<recipe>``; a finished one is reused and an interrupted one resumed, so a second call
+only measures.  ``--quick`` trains tiny models for a few steps on a few images per class: it
+checks the whole pipeline in CI, and its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from m3fm import __version__
+from m3fm.checkpoint import provenance, read_metadata
+from m3fm.recipes import load_recipe
+from m3fm.registry import M3fmError, Record, UsageError
+from m3fm.training import FINAL_DIR
+
+SETTINGS = ("zeroshot", "fewshot", "supervised")
+"""Report-generation settings: how many CT images paired with their reports the generator saw."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One model to train: its recipe, its data folder under ``--data``, and the alignment
+    recipe whose model it decodes from (generators only)."""
+
+    recipe: str
+    data: str
+    align: str | None = None
+
+
+STAGES = (
+    Stage("cov-ctr-align", "cov-ctr"),
+    Stage("m3fm-small-align", "."),
+    *(Stage(f"cov-ctr-{lang}-{setting}", "cov-ctr", align="cov-ctr-align")
+      for lang in ("zh", "en") for setting in SETTINGS),
+    Stage("m3fm-small", ".", align="m3fm-small-align"),
+)
+QUICK_RECIPES = ("cov-ctr-align", "m3fm-small-align", "cov-ctr-zh-zeroshot",
+                 "cov-ctr-en-zeroshot", "m3fm-small")
+
+QUICK_OVERRIDES = {
+    "align": {
+        "model.image.backbone": "test_resnet", "model.image.input_size": "32",
+        "model.embed_dim": "16", "model.text.vocab_size": "300", "model.text.hidden_size": "32",
+        "model.text.num_layers": "1", "model.text.num_heads": "2",
+        "model.text.intermediate_size": "64", "model.text.max_length": "48",
+        "data.batch_size": "8", "data.parallel_batch_size": "8",
+    },
+    "generate": {
+        "model.hidden_size": "32", "model.prefix_tokens": "2", "model.encoder_layers": "1",
+        "model.decoder_layers": "1", "model.num_heads": "2", "model.intermediate_size": "64",
+        "model.max_length": "48", "data.batch_size": "8", "decode.max_new_tokens": "24",
+    },
+    "both": {"train.max_steps": "3", "train.warmup_steps": "0", "train.eval_every": "0",
+             "train.save_every": "0"},
+}
+"""Tiny models, a few steps: what `--quick` trains instead of the recipes' own sizes."""
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much of the data and how many repetitions a benchmark uses."""
+
+    per_class: int | None  # images per class in each split; None: all
+    shots: tuple[str, ...]
+    seeds: tuple[int, ...]
+    cnn_epochs: int
+
+
+FULL = Scale(per_class=None, shots=("1", "5", "10", "10%", "100%"), seeds=(0, 1, 2, 3, 4),
+             cnn_epochs=15)
+QUICK = Scale(per_class=6, shots=("1", "5", "100%"), seeds=(0, 1), cnn_epochs=1)
+
+DIAGNOSIS_SETS = (
+    # data folder, modality, label, alignment model, report models per language
+    ("cov-ctr", "ct", "covid19", "cov-ctr-align",
+     {"zh": "cov-ctr-zh-zeroshot", "en": "cov-ctr-en-zeroshot"}),
+    ("covid-cxr", "cxr", "covid19", "m3fm-small", {"zh": "m3fm-small", "en": "m3fm-small"}),
+)
+RETRIEVAL_SETS = (("cov-ctr", "cov-ctr-align"), ("cov-ctr", "m3fm-small"),
+                  ("covid-cxr", "m3fm-small"))
+
+
+class Benchmark:
+    """The models in `runs` and the results of measuring them on `split` of `data`."""
+
+    def __init__(self, data: Path, runs: Path, *, split: str = "val", quick: bool = False,
+                 notify: Callable[[str], None] = lambda message: None) -> None:
+        for folder in ("cov-ctr", "covid-cxr", "iu-xray-reports"):
+            if not (data / folder).is_dir():
+                raise UsageError(f"--data {data}: no {folder}/ folder (the benchmark needs "
+                                 "cov-ctr, covid-cxr and iu-xray-reports side by side)")
+        self.data, self.split, self.quick, self.notify = data, split, quick, notify
+        self.runs = runs / "quick" if quick else runs
+        self.scale = QUICK if quick else FULL
+        self.stages = [s for s in STAGES if not quick or s.recipe in QUICK_RECIPES]
+        self.timings: dict[str, float] = {}
+
+    def model_dir(self, recipe: str) -> Path:
+        return self.runs / recipe / FINAL_DIR
+
+    def train(self) -> None:
+        """Train every stage's model that `runs` lacks; resume one that was interrupted."""
+        from m3fm.recipes.training import train_recipe
+
+        for stage in self.stages:
+            if self._reusable(stage):
+                continue
+            out = self.runs / stage.recipe
+            resume = (out / "checkpoints").is_dir()
+            self.notify(f"{'resuming' if resume else 'training'} {stage.recipe} in {out}")
+            recipe = load_recipe(stage.recipe, self._overrides(stage))
+            started = time.perf_counter()
+            train_recipe(recipe, self.data / stage.data, out, resume=resume,
+                         notify=self.notify)
+            self.timings[f"train {stage.recipe}"] = time.perf_counter() - started
+
+    def _reusable(self, stage: Stage) -> bool:
+        final = self.model_dir(stage.recipe)
+        if not final.is_dir():
+            return False
+        try:
+            trained = read_metadata(final)["task"]["recipe"]["name"]
+        except (M3fmError, KeyError, TypeError):
+            trained = None
+        if trained != stage.recipe:
+            raise UsageError(f"{final} holds {trained or 'an unknown model'}, not "
+                             f"{stage.recipe}; move it away or choose other --runs")
+        return True
+
+    def _overrides(self, stage: Stage) -> dict[str, str]:
+        overrides = {}
+        if stage.align is not None:
+            overrides["align.checkpoint"] = str(self.model_dir(stage.align))
+        if self.quick:
+            kind = "generate" if stage.align is not None else "align"
+            overrides |= QUICK_OVERRIDES[kind] | QUICK_OVERRIDES["both"]
+        return overrides
+
+    def measure(self) -> dict[str, object]:
+        """Every table, as JSON-ready data (see :mod:`m3fm.benchmarks.results`)."""
+        results: dict[str, object] = {"meta": self._meta()}
+        results["report"] = self._timed("report generation", self._report_generation)
+        results["retrieval"] = self._timed("retrieval", self._retrieval)
+        results["diagnosis"] = [self._timed(f"diagnosis {folder}", self._diagnosis, *entry)
+                                for entry in DIAGNOSIS_SETS for folder in [entry[0]]]
+        results["meta"]["timings_s"] = {k: round(v, 1) for k, v in self.timings.items()}
+        return results
+
+    def _timed(self, name: str, work: Callable, *args):
+        self.notify(f"measuring {name}")
+        started = time.perf_counter()
+        try:
+            return work(*args)
+        finally:
+            self.timings[name] = time.perf_counter() - started
+
+    def _records(self, folder: str, modality: str, label: str = "covid19") -> list[Record]:
+        """The data set's records; with --quick only a few images per class of each split."""
+        from m3fm.data import read_records
+        from m3fm.diagnosis.evaluation import labelled_images
+
+        records = read_records(self.data / folder)
+        if self.scale.per_class is None:
+            return records
+        kept = set()
+        for split in {r.split for r in records}:
+            kept |= set(labelled_images(records, split=split, modality=modality, label=label,
+                                        limit=self.scale.per_class).paths)
+        return [r for r in records if r.image in kept]
+
+    def _report_generation(self) -> list[dict[str, object]]:
+        from m3fm.generation.evaluation import evaluate_report_models
+        from m3fm.generation.reporting import ReportModel
+
+        models = {stage.recipe: ReportModel.from_pretrained(self.model_dir(stage.recipe))
+                  for stage in self.stages if stage.recipe.startswith("cov-ctr-")
+                  and stage.align is not None}
+        return evaluate_report_models(models, self._records("cov-ctr", "ct"),
+                                      split=self.split).rows
+
+    def _retrieval(self) -> list[dict[str, object]]:
+        from m3fm.alignment.retrieval import evaluate_retrieval, retrieval_sets
+        from m3fm.generation import load
+
+        rows = []
+        for folder, recipe in RETRIEVAL_SETS:
+            model = load(self.model_dir(recipe))
+            modalities = [m for m in model.modalities if folder != "covid-cxr" or m == "cxr"]
+            records = self._records(folder, modalities[0])
+            sets = retrieval_sets(records, split=self.split, modalities=modalities,
+                                  languages=model.languages)
+            rows += [{"data": folder, "model": recipe, **row}
+                     for row in evaluate_retrieval(sets, model)]
+        return rows
+
+    def _diagnosis(self, folder: str, modality: str, label: str, model_recipe: str,
+                   reporter_recipes: dict[str, str]) -> dict[str, object]:
+        from m3fm.diagnosis.evaluation import evaluate_diagnosis
+        from m3fm.generation import load
+        from m3fm.generation.reporting import ReportModel
+
+        loaded: dict[str, object] = {}
+
+        def model(recipe: str):
+            if recipe not in loaded:
+                loaded[recipe] = load(self.model_dir(recipe))
+            return loaded[recipe]
+
+        reporters = {lang: model(recipe) for lang, recipe in reporter_recipes.items()
+                     if self.model_dir(recipe).is_dir()}
+        reporters = {lang: m for lang, m in reporters.items() if isinstance(m, ReportModel)}
+        result = evaluate_diagnosis(
+            model(model_recipe), self._records(folder, modality, label), modality=modality,
+            label=label, split=self.split, reporters=reporters, shots=self.scale.shots,
+            seeds=self.scale.seeds, cnn_epochs=self.scale.cnn_epochs,
+        )
+        return {"data": folder, "modality": modality, "label": label, "model": model_recipe,
+                "rows": result.rows, "few_shot": result.few_shot, "curves": result.curves}
+
+    def _meta(self) -> dict[str, object]:
+        command = f"m3fm benchmark --data DATA --split {self.split}" + (
+            " --quick" if self.quick else "")
+        return {
+            "command": command, "split": self.split, "quick": self.quick,
+            "m3fm_version": __version__, "git_commit": provenance()["git_commit"],
+            "hardware": hardware(), "date": time.strftime("%Y-%m-%d"),
+            "models": {s.recipe: str(self.model_dir(s.recipe)) for s in self.stages},
+        }
+
+
+def hardware() -> str:
+    """The machine in words: CPU, cores, and the GPU when one is used."""
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    text = f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()}"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text + f", torch {torch.__version__}"

@@ -1,0 +1,57 @@
+"""Training a loaded recipe: the stage it names, through the generic training loop.
+
+Shared by `m3fm train` and `m3fm benchmark`, so a benchmark trains exactly what a user would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from m3fm.recipes import AlignRecipe, GenerateRecipe, load_recipe
+from m3fm.training import FINAL_DIR, TrainResult
+from m3fm.training import train as run_training
+from m3fm.training.distributed import Ranks
+
+
+def train_recipe(
+    recipe: AlignRecipe | GenerateRecipe, data_dir: Path, out: Path, *, resume: bool = False,
+    ranks: Ranks | None = None, notify: Callable[[str], None] = lambda message: None,
+) -> TrainResult:
+    """Train `recipe` on `data_dir` into the run directory `out` (``OUT/final`` at the end).
+
+    A generate recipe without ``align.checkpoint`` first trains (or reuses) its alignment
+    recipe in ``OUT/align``; `notify` hears about that.
+    """
+    ranks = ranks or Ranks.from_environment()
+    if isinstance(recipe, AlignRecipe):
+        return _train_alignment(recipe, data_dir, out, resume, ranks)
+    return _train_generator(recipe, data_dir, out, resume, ranks, notify)
+
+
+def _train_alignment(recipe: AlignRecipe, data_dir: Path, out: Path, resume: bool,
+                     ranks: Ranks) -> TrainResult:
+    from m3fm.alignment.task import AlignmentTask
+
+    task = AlignmentTask(recipe, data_dir, rank=ranks.rank, world_size=ranks.world_size)
+    return run_training(task.training_task(str(data_dir)), recipe.train, out, resume=resume)
+
+
+def _train_generator(recipe: GenerateRecipe, data_dir: Path, out: Path, resume: bool,
+                     ranks: Ranks, notify: Callable[[str], None]) -> TrainResult:
+    """Stage 2, after training (or reusing) the alignment model it decodes from."""
+    from m3fm.generation.task import GenerationTask
+
+    align_dir = recipe.align.checkpoint
+    if align_dir is None:
+        align_out = out / "align"
+        align_dir = align_out / FINAL_DIR
+        if not align_dir.is_dir():
+            notify(f"training alignment recipe {recipe.align.recipe} into {align_out}")
+            started = (align_out / "checkpoints").is_dir()
+            _train_alignment(load_recipe(recipe.align.recipe), data_dir, align_out,
+                             resume or started, ranks)
+    task = GenerationTask(recipe, data_dir, align_dir, rank=ranks.rank,
+                          world_size=ranks.world_size)
+    return run_training(task.training_task(str(data_dir), align_dir), recipe.train, out,
+                        resume=resume)
