@@ -439,7 +439,8 @@ def recipes() -> None:
               help="Report task: softmax temperature of the memory bridge.")
 @click.option("--plugin", "modality", help="Diagnosis task: modality of the images; default: "
               "the model's only one.")
-@click.option("--label", help="Diagnosis task: label to diagnose; default: the modality's first.")
+@click.option("--label", help="Diagnosis task: label to diagnose; default: the modality's "
+              "first label that the data set records.")
 @click.option("--plots", type=PathArg, help="Diagnosis task: write ROC and few-shot PNGs here.")
 def evaluate(checkpoints: tuple[Path, ...], data_dir: Path, format_name: str | None, split: str,
              task: str, language: str | None, out: Path | None, markdown: Path | None,
@@ -455,17 +456,19 @@ def evaluate(checkpoints: tuple[Path, ...], data_dir: Path, format_name: str | N
     if language is not None:
         get_registry().language(language)
     records = read_records(data_dir, format_name)
+    after: list[tuple[str, list[str], list[list[str]]]] = []  # tables printed after the main one
     if task == "diagnosis":
         if len(checkpoints) != 1:
             raise UsageError("diagnosis evaluates one --checkpoint at a time")
         rows, few_shot = _diagnosis_rows(checkpoints[0], records, split, language, modality,
                                          label, plots)
-        columns = ["modality", "label", "method", "language", "n", "positives", "auc", "f1",
-                   "accuracy"]
-        title = f"diagnosis on {split}"
-        _table("few-shot linear probe (mean over seeds)", ["shots", "draws", "auc", "f1"],
-               [[r["shots"], str(r["draws"]), _mean_std(r, "auc"), _mean_std(r, "f1")]
-                for r in few_shot])
+        columns = ["method", "language", "n", "positives", "auc", "f1", "accuracy"]
+        title = f"diagnosis of {rows[0]['label']} ({rows[0]['modality']}) on {split}"
+        after = [("few-shot linear probe (mean ± std over seeds)",
+                  ["shots", "draws", "auc", "f1", "accuracy"],
+                  [[r["shots"], str(r["draws"]), *(_mean_std(r, m) for m in ("auc", "f1",
+                                                                             "accuracy"))]
+                   for r in few_shot])]
         rows_for_out: list[dict] | dict = {"rows": rows, "few_shot": few_shot}
     elif task == "retrieval":
         if len(checkpoints) != 1:
@@ -503,6 +506,8 @@ def evaluate(checkpoints: tuple[Path, ...], data_dir: Path, format_name: str | N
                             + "\n", encoding="utf-8")
     shown = [c for c in columns if c not in TERMINAL_HIDDEN]  # the rest: --out, --markdown
     _table(title, shown, _cells(rows, shown))
+    for table in after:
+        _table(*table)
 
 
 TERMINAL_HIDDEN = {"BLEU-2", "BLEU-3", "CE-P", "CE-R", "chance_R@5", "positives"}
@@ -528,7 +533,12 @@ def _diagnosis_rows(checkpoint: Path, records, split: str, language: str | None,
 
     model = load(checkpoint)
     modality = model.modality(modality)
-    label = resolve_labels(modality, [label] if label else None)[0]
+    if label is None:  # the modality's first label that the data set records
+        known = {name for r in records if r.modality == modality for name in r.labels}
+        declared = resolve_labels(modality, None)
+        label = next((name for name in declared if name in known), declared[0])
+    else:
+        resolve_labels(modality, [label])
     result = evaluate_diagnosis(model, records, modality=modality, label=label, split=split,
                                 languages=[language] if language else None)
     if plots is not None:

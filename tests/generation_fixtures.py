@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
-from alignment_fixtures import TINY_MODEL
+from alignment_fixtures import TINY_MODEL, write_cov_ctr
 
+from m3fm.cli import main
 from m3fm.recipes import load_recipe
 
 TINY_GENERATOR = [
@@ -38,3 +40,17 @@ def tiny_generator_args(*extra: str) -> list[str]:
     """`--set` arguments: the tiny generator plus `extra` key=value pairs."""
     pairs = (*TINY_GENERATOR, *extra)
     return [arg for pair in pairs for arg in ("--set", pair)]
+
+
+def train_tiny_report_model(root: Path, steps: int = 6) -> tuple[Path, Path]:
+    """(data folder, run folder) of the zero-shot Chinese recipe, shrunk, trained through the
+    CLI with its alignment model first (in ``run/align``)."""
+    data = write_cov_ctr(root / "data")
+    align = write_tiny_align_recipe(root / "tiny-align.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--recipe", "cov-ctr-zh-zeroshot", "--data", str(data), "--out",
+              str(root / "run"),
+              *tiny_generator_args(f"align.recipe={align}", f"train.max_steps={steps}",
+                                   "train.eval_every=3")])
+    assert exit_info.value.code == 0
+    return data, root / "run"

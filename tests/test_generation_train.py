@@ -8,14 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from alignment_fixtures import write_cov_ctr
 from conftest import run_cli
-from generation_fixtures import tiny_generator_args, write_tiny_align_recipe
+from generation_fixtures import tiny_generator_args, train_tiny_report_model
 from PIL import Image
 from safetensors.torch import load_file
 
 import m3fm
-from m3fm.cli import main
 from m3fm.generation.reporting import ReportModel
 from m3fm.models.package import main as package_main
 
@@ -26,16 +24,7 @@ STEPS = 6
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(data folder, run folder) of the zero-shot Chinese recipe, alignment trained first."""
-    root = tmp_path_factory.mktemp("generate")
-    data = write_cov_ctr(root / "data")
-    align = write_tiny_align_recipe(root / "tiny-align.yaml")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--recipe", "cov-ctr-zh-zeroshot", "--data", str(data), "--out",
-              str(root / "run"),
-              *tiny_generator_args(f"align.recipe={align}", f"train.max_steps={STEPS}",
-                                   "train.eval_every=3")])
-    assert exit_info.value.code == 0
-    return data, root / "run"
+    return train_tiny_report_model(tmp_path_factory.mktemp("generate"), steps=STEPS)
 
 
 def test_training_writes_a_report_model_beside_its_alignment_model(trained):

@@ -25,8 +25,9 @@ def write_results(results: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for block in results["diagnosis"]:
-        name = block["data"]
-        plot_roc(block["curves"], f"ROC, {TITLES.get(name, name)}", out / f"roc-{name}.png")
+        name = _plot_name(block)
+        plot_roc(block["curves"], f"ROC, {block['data']} with {block['model']}",
+                 out / f"roc-{name}.png")
         references = {f"{row['method']} ({row['language']})": row["auc"]
                       for row in block["rows"]
                       if row["method"] == "zero-shot image" and row["auc"] is not None}
@@ -84,13 +85,17 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _plot_name(block: dict) -> str:
+    return f"{block['data']}-{block['model']}"
+
+
 def _diagnosis_section(block: dict) -> list[str]:
-    name = block["data"]
+    name = _plot_name(block)
     rows = block["rows"]
     zero_shot = [r for r in rows if r["method"].startswith("zero-shot") and r["auc"] is not None]
-    lines = ["", f"### {TITLES.get(name, name)}", "",
-             f"Model `{block['model']}`, modality `{block['modality']}`, label "
-             f"`{block['label']}`.", "",
+    title = TITLES.get(block["data"], block["data"])
+    lines = ["", f"### {title}, model `{block['model']}`", "",
+             f"Modality `{block['modality']}`, label `{block['label']}`.", "",
              _table(rows, ["method", "language", "n", "positives", "auc", "f1", "accuracy"])]
     if zero_shot:
         best = max(zero_shot, key=lambda r: r["auc"])

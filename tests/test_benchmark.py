@@ -1,0 +1,109 @@
+"""`m3fm benchmark`: its refusals, its results folder, and (slow) the quick run on real data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from m3fm.benchmarks.results import render_markdown, write_results
+from m3fm.benchmarks.suite import Benchmark, Stage
+from m3fm.registry import UsageError
+
+
+def data_folder(root: Path) -> Path:
+    for name in ("cov-ctr", "covid-cxr", "iu-xray-reports"):
+        (root / name).mkdir(parents=True)
+    return root
+
+
+def synthetic_results() -> dict:
+    """A results dict of the shape `Benchmark.measure` returns, with one undefined AUC."""
+    rows = [
+        {"modality": "ct", "label": "covid19", "split": "val", "method": "zero-shot image",
+         "language": "zh", "n": 4, "positives": 2, "auc": 0.75, "f1": 0.8, "accuracy": 0.75,
+         "threshold": 0.4},
+        {"modality": "ct", "label": "covid19", "split": "val", "method": "chance",
+         "language": "-", "n": 4, "positives": 4, "auc": None, "f1": 1.0, "accuracy": 1.0,
+         "threshold": 0.5, "note": "AUC undefined: the split has only one class"},
+    ]
+    few_shot = [{"shots": "1", "draws": 2, "auc_mean": 0.6, "auc_std": 0.1, "f1_mean": 0.5,
+                 "f1_std": 0.0, "accuracy_mean": 0.5, "accuracy_std": 0.0}]
+    return {
+        "meta": {"command": "m3fm benchmark --data DATA --split val", "split": "val",
+                 "quick": False, "m3fm_version": "0", "git_commit": None, "hardware": "2 CPU",
+                 "date": "2026-01-01", "timings_s": {"retrieval": 65.0}},
+        "report": [{"language": "zh", "system": "s", "n": 4, "BLEU-1": 1.0, "BLEU-2": 1.0,
+                    "BLEU-3": 1.0, "BLEU-4": 1.0, "ROUGE-L": 1.0, "CIDEr-D": 1.0, "CE-P": 1.0,
+                    "CE-R": 1.0, "CE-F1": 1.0, "CE-F1-positive": 1.0}],
+        "retrieval": [],
+        "diagnosis": [{"data": "cov-ctr", "modality": "ct", "label": "covid19",
+                       "model": "cov-ctr-align", "rows": rows, "few_shot": few_shot,
+                       "curves": {"zero-shot image (zh)": ([0, 1, 0, 1], [.1, .9, .2, .3])}}],
+    }
+
+
+def test_results_folder_has_json_markdown_and_plots(tmp_path):
+    results = synthetic_results()
+    paths = write_results(results, tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text())["meta"]["split"] == "val"
+    for name in ("roc-cov-ctr-cov-ctr-align.png", "few-shot-cov-ctr-cov-ctr-align.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+        assert tmp_path / name in paths
+    markdown = (tmp_path / "results.md").read_text()
+    assert markdown == render_markdown(results)
+    assert "| retrieval | 1 min 05 s |" in markdown
+    assert "Best zero-shot: **zero-shot image (zh)**, AUC 0.750." in markdown
+    assert "AUC undefined: the split has only one class." in markdown
+    assert "| n/a" in markdown and "0.600 ± 0.100" in markdown
+
+
+def test_benchmark_needs_the_three_data_sets(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "benchmark", "--data", str(tmp_path), "--quick")
+    assert code == 2
+    assert "no cov-ctr/ folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_finished_model_is_reused_and_a_foreign_one_refused(tmp_path):
+    suite = Benchmark(data_folder(tmp_path / "data"), tmp_path / "runs")
+    final = suite.model_dir("cov-ctr-align")
+    final.mkdir(parents=True)
+    (final / "metadata.json").write_text(json.dumps({"task": {"recipe": {"name": "x"}}}))
+    with pytest.raises(UsageError, match="holds x, not cov-ctr-align"):
+        suite.train()
+    (final / "metadata.json").write_text(
+        json.dumps({"task": {"recipe": {"name": "cov-ctr-align"}}}))
+    assert suite._reusable(Stage("cov-ctr-align", "cov-ctr"))
+    assert not suite._reusable(Stage("cov-ctr-zh-zeroshot", "cov-ctr", align="cov-ctr-align"))
+
+
+def test_quick_runs_keep_their_tiny_models_apart(tmp_path):
+    suite = Benchmark(data_folder(tmp_path / "data"), tmp_path / "runs", quick=True)
+    assert suite.model_dir("m3fm-small") == tmp_path / "runs" / "quick" / "m3fm-small" / "final"
+    generator = suite._overrides(Stage("m3fm-small", ".", align="m3fm-small-align"))
+    assert generator["align.checkpoint"] == str(suite.model_dir("m3fm-small-align"))
+    assert generator["train.max_steps"] == "3"
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_quick_benchmark_runs_end_to_end_on_the_real_data(data_root, capsys, tmp_path):
+    args = ["benchmark", "--data", str(data_root), "--quick", "--runs", str(tmp_path / "runs"),
+            "--out", str(tmp_path / "results")]
+    code, stdout, err = run_cli(capsys, *args)
+    assert code == 0, err
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert {row["system"] for row in results["report"]} >= {
+        "cov-ctr-zh-zeroshot", "cov-ctr-en-zeroshot", "most-frequent", "nearest-report"}
+    assert {(b["data"], b["model"]) for b in results["diagnosis"]} == {
+        ("cov-ctr", "cov-ctr-align"), ("covid-cxr", "m3fm-small")}
+    for block in results["diagnosis"]:
+        assert {(r["method"], r["language"]) for r in block["rows"]} >= {
+            ("zero-shot image", "en"), ("zero-shot image", "zh"), ("zero-shot report", "zh"),
+            ("supervised probe", "-"), ("chance", "-"), ("small CNN", "-")}
+    assert {row["data"] for row in results["retrieval"]} == {"cov-ctr", "covid-cxr"}
+    assert "results.md" in stdout and "training cov-ctr-align" in err
+    code, _, err = run_cli(capsys, *args)  # a second call reuses every model
+    assert code == 0 and "training" not in err
