@@ -460,14 +460,16 @@ def evaluate(checkpoints: tuple[Path, ...], data_dir: Path, format_name: str | N
     if task == "diagnosis":
         if len(checkpoints) != 1:
             raise UsageError("diagnosis evaluates one --checkpoint at a time")
+        from m3fm.benchmarks.results import mean_std
+
         rows, few_shot = _diagnosis_rows(checkpoints[0], records, split, language, modality,
                                          label, plots)
         columns = ["method", "language", "n", "positives", "auc", "f1", "accuracy"]
         title = f"diagnosis of {rows[0]['label']} ({rows[0]['modality']}) on {split}"
         after = [("few-shot linear probe (mean ± std over seeds)",
                   ["shots", "draws", "auc", "f1", "accuracy"],
-                  [[r["shots"], str(r["draws"]), *(_mean_std(r, m) for m in ("auc", "f1",
-                                                                             "accuracy"))]
+                  [[r["shots"], str(r["draws"]), *(mean_std(r, m) for m in ("auc", "f1",
+                                                                            "accuracy"))]
                    for r in few_shot])]
         rows_for_out: list[dict] | dict = {"rows": rows, "few_shot": few_shot}
     elif task == "retrieval":
@@ -517,11 +519,6 @@ TERMINAL_HIDDEN = {"BLEU-2", "BLEU-3", "CE-P", "CE-R", "chance_R@5", "positives"
 def _cells(rows: list[dict], columns: list[str]) -> list[list[str]]:
     return [["n/a" if row[c] is None else f"{row[c]:.3f}" if isinstance(row[c], float)
              else str(row[c]) for c in columns] for row in rows]
-
-
-def _mean_std(row: dict, metric: str) -> str:
-    mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
-    return "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"
 
 
 def _diagnosis_rows(checkpoint: Path, records, split: str, language: str | None,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 from m3fm.benchmarks.results import render_markdown, write_results
 from m3fm.benchmarks.suite import Benchmark, Stage
@@ -107,3 +107,12 @@ def test_quick_benchmark_runs_end_to_end_on_the_real_data(data_root, capsys, tmp
     assert "results.md" in stdout and "training cov-ctr-align" in err
     code, _, err = run_cli(capsys, *args)  # a second call reuses every model
     assert code == 0 and "training" not in err
+
+
+def test_the_results_page_is_the_benchmark_output_as_written():
+    results = REPO / "docs" / "results"
+    rendered = render_markdown(json.loads((results / "results.json").read_text()))
+    assert (results / "results.md").read_text() == rendered
+    assert '--8<-- "docs/results/results.md"' in (results / "index.md").read_text()
+    for block in json.loads((results / "results.json").read_text())["diagnosis"]:
+        assert (results / f"roc-{block['data']}-{block['model']}.png").is_file()

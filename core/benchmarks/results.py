@@ -26,7 +26,9 @@ def write_results(results: dict, out: Path) -> list[Path]:
     written = []
     for block in results["diagnosis"]:
         name = _plot_name(block)
-        plot_roc(block["curves"], f"ROC, {block['data']} with {block['model']}",
+        curves = {system: curve for system, curve in block["curves"].items()
+                  if system != "chance"}  # its ROC is the diagonal the plot draws anyway
+        plot_roc(curves, f"ROC, {block['data']} with {block['model']}",
                  out / f"roc-{name}.png")
         references = {f"{row['method']} ({row['language']})": row["auc"]
                       for row in block["rows"]
@@ -106,13 +108,14 @@ def _diagnosis_section(block: dict) -> list[str]:
     lines += ["", f"![ROC curves, {name}](roc-{name}.png)", "",
               "Few-shot linear probe (mean ± std over seeds):", "",
               _table([{"shots": r["shots"], "draws": r["draws"],
-                       **{m: _mean_std(r, m) for m in ("auc", "f1", "accuracy")}}
+                       **{m: mean_std(r, m) for m in ("auc", "f1", "accuracy")}}
                       for r in block["few_shot"]], ["shots", "draws", "auc", "f1", "accuracy"]),
               "", f"![Few-shot curve, {name}](few-shot-{name}.png)"]
     return lines
 
 
-def _mean_std(row: dict, metric: str) -> str:
+def mean_std(row: dict, metric: str) -> str:
+    """A few-shot row's `metric` as ``mean ± std`` (``n/a`` when undefined)."""
     mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
     return "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"
 
