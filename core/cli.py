@@ -137,6 +137,29 @@ def _describe(kind: str, spec: object) -> dict[str, object]:
     return {"kind": kind, **data}
 
 
+@plugins.command("available")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def plugins_available(as_json: bool) -> None:
+    """List the plugins the catalog knows, whether each is installed and fits this release."""
+    from m3fm.registry.catalog import catalog
+
+    rows = []
+    for entry in catalog():
+        status = ("installed" if entry.installed() else "not installed") + (
+            "" if entry.compatible(PLUGIN_API_VERSION) else
+            f", incompatible (needs plugin API {entry.min_api})")
+        rows.append({"name": entry.name, "kind": entry.kind, "package": entry.package,
+                     "status": status, "description": entry.description,
+                     "homepage": str(entry.homepage)})
+    if as_json:
+        _print_json(rows)
+        return
+    _table(f"plugin catalog (this m3fm implements plugin API {PLUGIN_API_VERSION})",
+           ["name", "kind", "package", "status", "description"],
+           [[row[c] for c in ("name", "kind", "package", "status", "description")]
+            for row in rows])
+
+
 @plugins.command("show")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")

@@ -46,6 +46,8 @@ def test_wheel_holds_exactly_the_layout_modules(tmp_path):
     assert in_wheel == set(_source_modules())
     shipped = {path.name for path in (REPO / "core" / "recipes").glob("*.toml")}
     assert shipped and {f"m3fm/recipes/{name}" for name in shipped} <= set(names)
+    known = {p.name for p in (REPO / "registry" / "known_plugins").glob("*.toml")}
+    assert known and {f"m3fm/registry/known_plugins/{name}" for name in known} <= set(names)
     bundled = REPO / "core" / "models" / "m3fm-small"
     files = {f"m3fm/models/{p.relative_to(bundled.parent)}" for p in bundled.rglob("*")
              if p.is_file()}
