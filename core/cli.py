@@ -137,6 +137,21 @@ def _describe(kind: str, spec: object) -> dict[str, object]:
     return {"kind": kind, **data}
 
 
+@plugins.command("new")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["modality", "language"]), required=True,
+              help="What the plugin provides.")
+@click.option("--dir", "directory", type=PathArg, help="Where to write it; default ./m3fm-NAME.")
+def plugins_new(name: str, kind: str, directory: Path | None) -> None:
+    """Write a new plugin package: pyproject with the entry point, the spec, README and a
+    conformance test. It passes its own tests right after `pip install -e DIR`."""
+    from m3fm.scaffold import new_plugin
+
+    target = new_plugin(name, kind, directory)
+    click.echo(f"wrote {kind} plugin {name!r} in {target}; next: pip install -e "
+               f"'{target}[test]' && pytest {target}")
+
+
 @plugins.command("available")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def plugins_available(as_json: bool) -> None:
