@@ -91,7 +91,11 @@ def check_modality(spec: ModalitySpec, samples: Sequence[Path], scratch: Path,
         if not spec.accepts(path):
             raise ConformanceError("file types", f"{path.name} is not a declared type",
                                    f"add its suffix to `file_types` {spec.file_types}")
-        image = spec.load(path)
+        try:
+            image = spec.load(path)
+        except Exception as exc:  # the plugin's own failure on a file it should read
+            raise ConformanceError("load", f"{path.name} could not be read: {exc}",
+                                   "make `load` read every sample of a declared type") from exc
         if not isinstance(image, torch.Tensor) or image.dtype != torch.float32:
             raise ConformanceError("load returns float32", f"{path.name} gave {type(image)}"
                                    f"{getattr(image, 'dtype', '')}",

@@ -64,3 +64,11 @@ def test_a_broken_modality_is_told_what_to_fix(tmp_path):
     lenient = cxr.model_copy(update={"load": lambda path: cxr.load(sample[0])})
     with pytest.raises(ConformanceError, match=r"corrupt file: .*raise on unreadable input"):
         check_modality(lenient, sample, tmp_path)
+
+
+def test_a_sample_the_plugin_cannot_read_is_named(tmp_path):
+    cxr = get_registry().modality("cxr")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(ConformanceError, match=r"load: broken\.png could not be read"):
+        check_modality(cxr, [broken], tmp_path)
