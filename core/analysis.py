@@ -53,10 +53,7 @@ def analyse_inputs(
     classifier = None
     if analysis.labels:
         labels = resolve_labels(modality, analysis.labels)
-        if analysis.lang not in model.languages:
-            raise UsageError(f"this model was not trained on {analysis.lang!r}; it knows "
-                             f"{', '.join(model.languages)}")
-        classifier = PromptClassifier(model, labels, analysis.lang)
+        classifier = PromptClassifier(model, labels, model.language(analysis.lang))
     decode = decode or getattr(model, "decode", DecodeConfig())
     return _results(model, inputs, analysis, modality, classifier, decode, needs_reports)
 

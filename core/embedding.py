@@ -53,6 +53,13 @@ class Embedder:
             )
         return modality
 
+    def language(self, lang: str) -> str:
+        """`lang` if the model's text tower was trained on it, else a UsageError naming them."""
+        if lang not in self.languages:
+            raise UsageError(f"this model was not trained on {lang!r}; it knows "
+                             f"{', '.join(self.languages)}")
+        return lang
+
     @torch.no_grad()
     def embed_images(
         self, images: Sequence[str | Path | torch.Tensor], modality: str | None = None,
@@ -74,10 +81,7 @@ class Embedder:
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str], lang: str, batch_size: int = 64) -> torch.Tensor:
         """Embeddings (N, D) of reports in language `lang`, normalised by its plugin first."""
-        if lang not in self.languages:
-            raise UsageError(f"this model was not trained on {lang!r}; it knows "
-                             f"{', '.join(self.languages)}")
-        normalize = get_registry().language(lang).normalize
+        normalize = get_registry().language(self.language(lang)).normalize
         out = []
         for start in range(0, len(texts), batch_size):
             tokens = self.model.tokenize([normalize(t) for t in texts[start:start + batch_size]])

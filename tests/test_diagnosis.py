@@ -144,7 +144,7 @@ def test_a_single_class_split_reports_accuracy_and_says_auc_is_undefined(trained
     [
         ({"split": "train"}, "probes learn from the train split"),
         ({"modality": "cxr"}, "no 'cxr' image tower"),
-        ({"languages": ["fr"]}, "not trained on fr"),
+        ({"languages": ["fr"]}, "not trained on 'fr'"),
     ],
 )
 def test_evaluation_refuses_what_it_cannot_measure(trained, kwargs, message):

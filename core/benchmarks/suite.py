@@ -11,6 +11,7 @@ checks the whole pipeline in CI, and its numbers mean nothing.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -246,8 +247,6 @@ class Benchmark:
 
 def hardware() -> str:
     """The machine in words: CPU, cores, and the GPU when one is used."""
-    import os
-
     cpu = platform.processor() or platform.machine()
     text = f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()}"
     if torch.cuda.is_available():

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 
+from m3fm.progress import track
 from m3fm.registry import UsageError
 
 
@@ -84,7 +85,7 @@ def train_small_cnn(
     flip_2d = train_images.ndim == 4
 
     model.train()
-    for _ in range(epochs):
+    for _ in track(range(epochs), "training the CNN baseline"):
         order = torch.randperm(len(train_images), generator=generator)
         for index in _batches(order, batch_size):
             batch = train_images[index].float()

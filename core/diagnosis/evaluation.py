@@ -28,7 +28,7 @@ import torch
 
 from m3fm.diagnosis.metrics import binary_metrics, choose_threshold
 from m3fm.diagnosis.probe import SHOTS, probe_draws
-from m3fm.diagnosis.zeroshot import PromptClassifier, combine
+from m3fm.diagnosis.zeroshot import PromptClassifier, combine, resolve_labels
 from m3fm.embedding import Embedder
 from m3fm.imaging import preprocess
 from m3fm.progress import track
@@ -114,12 +114,12 @@ def evaluate_diagnosis(
     for the languages it writes).  The CNN baseline runs when `cnn_epochs` > 0.
     """
     modality = model.modality(modality)
-    if label not in get_registry().modality(modality).labels:
-        raise UsageError(f"modality {modality!r} declares no label {label!r}")
+    resolve_labels(modality, [label])
+    languages = [model.language(lang) for lang in languages or model.languages]
     if reporters is None:
         reporters = {lang: model for lang in getattr(model, "report_languages", ())}
     run = _Run(model, records, modality, label, split, limit)
-    for lang in _prompt_languages(model, languages):
+    for lang in languages:
         run.zero_shot(lang, reporters.get(lang))
     for setting in shots:
         run.probe(setting, list(seeds))
@@ -144,6 +144,7 @@ class _Run:
             name: model.embed_images([self.tensors[p] for p in images.paths], modality=modality)
             for name, images in self.sets.items()
         }
+        self.features = {name: vectors.numpy() for name, vectors in self.embedded.items()}
         self.result = DiagnosisEvaluation()
         self.context = {"modality": modality, "label": label, "split": split}
 
@@ -177,9 +178,9 @@ class _Run:
             return
 
         def from_reports(name: str) -> torch.Tensor:
-            reports = reporter.reports_from_embeddings(
-                reporter.embed_images([self.tensors[p] for p in self.sets[name].paths],
-                                      modality=self.modality), lang, modality=self.modality)
+            embedded = self.embedded[name] if reporter is self.model else reporter.embed_images(
+                [self.tensors[p] for p in self.sets[name].paths], modality=self.modality)
+            reports = reporter.reports_from_embeddings(embedded, lang, modality=self.modality)
             return classifier.report_probabilities(reports)
 
         report = self.scored(from_reports)
@@ -189,12 +190,11 @@ class _Run:
 
     def probe(self, setting: str, seeds: list[int]) -> None:
         """A few-shot row (mean ± std over seeds); at 100% also the supervised probe's row."""
-        features = {name: vectors.numpy() for name, vectors in self.embedded.items()}
         train = self.sets[TRAIN_SPLIT]
         draws = []
-        for probe in probe_draws(features[TRAIN_SPLIT], train.targets, setting, seeds):
+        for probe in probe_draws(self.features[TRAIN_SPLIT], train.targets, setting, seeds):
             scores = self.scored(
-                lambda name, probe=probe: probe.predict_proba(features[name])[:, 1])
+                lambda name, probe=probe: probe.predict_proba(self.features[name])[:, 1])
             draws.append(self.measure(scores))
         self.result.few_shot.append({**self.context, "shots": setting, "draws": len(draws),
                                      **_mean_std(draws)})
@@ -222,16 +222,6 @@ class _Run:
                                  epochs=epochs)
         cut = len(self.sets[self.split].paths)
         self.add("small CNN", "-", SplitScores(scores[:cut], scores[cut:]))
-
-
-def _prompt_languages(model: Embedder, languages: Sequence[str] | None) -> list[str]:
-    if languages is None:
-        return list(model.languages)
-    missing = [lang for lang in languages if lang not in model.languages]
-    if missing:
-        raise UsageError(f"this model was not trained on {', '.join(missing)}; it knows "
-                         f"{', '.join(model.languages)}")
-    return list(languages)
 
 
 def _load(modality: str, groups: Sequence[Sequence[Path]]) -> dict[Path, torch.Tensor]:
