@@ -109,6 +109,7 @@ class Benchmark:
         self.scale = QUICK if quick else FULL
         self.stages = [s for s in STAGES if not quick or s.recipe in QUICK_RECIPES]
         self.timings: dict[str, float] = {}
+        self._read: dict[str, list[Record]] = {}  # each data set read once, however often used
 
     def model_dir(self, recipe: str) -> Path:
         return self.runs / recipe / FINAL_DIR
@@ -176,7 +177,9 @@ class Benchmark:
         from m3fm.data import read_records
         from m3fm.diagnosis.evaluation import labelled_images
 
-        records = read_records(self.data / folder)
+        if folder not in self._read:
+            self._read[folder] = read_records(self.data / folder)
+        records = self._read[folder]
         if self.scale.per_class is None:
             return records
         kept = set()
