@@ -27,10 +27,12 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from importlib.resources import files
 from typing import TYPE_CHECKING
 
 from m3fm.findings import FindingRules, Location, Negation
 from m3fm.registry import Finding, LabelPrompts, LanguageSpec, hookimpl
+from m3fm.sentence_pairs import read_sentence_pairs
 from m3fm.text import (
     collapse_punctuation_runs,
     fullwidth_to_ascii,
@@ -334,6 +336,9 @@ SPEC = LanguageSpec(
     negative_templates=NEGATIVE_TEMPLATES,
     label_prompts=LABEL_PROMPTS,
     extract_findings=extract_findings,
+    # COV-CTR's parallel reports are all CT; these hand-written chest X-ray pairs carry the
+    # radiograph wording (opacity, infiltrate, consolidation) across the pivot.
+    parallel_sentences=read_sentence_pairs(files(__package__) / "data" / "zh-cxr-sentences.tsv"),
 )
 
 

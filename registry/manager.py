@@ -20,11 +20,12 @@ from . import hookspecs
 from .errors import PluginConflictError, UnknownNameError
 from .specs import DatasetSpec, LanguageSpec, ModalitySpec
 
-PLUGIN_API_VERSION = "1.2"
+PLUGIN_API_VERSION = "1.3"
 """Version of the plugin contract (hooks and spec types) this release implements.
 
 1.1 added the optional `LanguageSpec.extract_findings` (and the `Finding` type it returns).
 1.2 added the optional `LanguageSpec.label_prompts` (and the `LabelPrompts` type).
+1.3 added the optional `LanguageSpec.parallel_sentences`.
 """
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT

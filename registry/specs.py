@@ -183,6 +183,13 @@ class LanguageSpec(_Spec):
         description="Descriptive prompts for labels whose name is not how reports describe "
         "them; they replace the templates for that label (optional since plugin API 1.2).",
     )
+    parallel_sentences: tuple[tuple[str, str], ...] = Field(
+        (),
+        description="(pivot-language sentence, this language's sentence) pairs the plugin "
+        "ships, e.g. a domain's wording that the data sets' parallel reports never use; "
+        "alignment recipes with `data.plugin_sentences` add them to the pivot pairs "
+        "(optional since plugin API 1.3).",
+    )
     extract_findings: Callable[[str], list[Finding]] | None = Field(
         None,
         description="Read the findings a radiology report (raw or normalised) states or "

@@ -187,3 +187,37 @@ def test_supervised_batches_never_mix_report_languages():
     pairs.image_reports += [ImageReport(Path(f"ct{i}"), "ct", "zh", f"z{i}") for i in range(8)]
     for step in plan_epoch(pairs, epoch=0, seed=0, batch_size=4):
         assert len({pairs.image_reports[i].language for i in step.image_reports}) == 1
+
+
+def test_plugin_sentence_pairs_join_the_pivot_only_when_asked(tmp_path):
+    from PIL import Image
+
+    from m3fm.registry import Record, get_registry
+
+    image = tmp_path / "slice.png"
+    Image.linear_gradient("L").save(image)
+    common = {"dataset": "toy", "split": "train", "group": "g1", "source": "toy"}
+    records = [
+        Record(id="1", modality="ct", image=image, language="en", report="No effusion.", **common),
+        Record(id="2", modality=None, image=None, language="zh", report="未见积液。", **common),
+    ]
+    args = {"split": "train", "modalities": ["ct"], "languages": ["en", "zh"]}
+    plain = AlignmentPairs.from_records(records, **args)
+    with_sentences = AlignmentPairs.from_records(records, **args, plugin_sentences=True)
+    shipped = get_registry().language("zh").parallel_sentences
+    assert [(p.anchor, p.other) for p in plain.parallel] == [("No effusion.", "未见积液。")]
+    assert len(with_sentences.parallel) == 1 + len(shipped) > 100
+    assert ParallelReports("The lungs are clear.", "双肺清晰。", "zh") in with_sentences.parallel
+
+
+def test_sentence_pair_files_are_read_with_line_numbered_errors(tmp_path):
+    from m3fm.registry import DataFormatError
+    from m3fm.sentence_pairs import read_sentence_pairs
+
+    good = tmp_path / "pairs.tsv"
+    good.write_text("# translated by hand\n\nNo effusion.\t未见积液。\n", encoding="utf-8")
+    assert read_sentence_pairs(good) == (("No effusion.", "未见积液。"),)
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("No effusion.\t未见积液。\nNo pneumothorax.\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"bad.tsv, line 2: expected"):
+        read_sentence_pairs(bad)

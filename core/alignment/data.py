@@ -77,8 +77,13 @@ class AlignmentPairs:
     def from_records(
         cls, records: Sequence[Record], *, split: str, modalities: Sequence[str],
         languages: Sequence[str], image_other_language: bool = False,
+        plugin_sentences: bool = False,
     ) -> AlignmentPairs:
-        """Pairs of `split` for the configured modalities and languages; loads the images."""
+        """Pairs of `split` for the configured modalities and languages; loads the images.
+
+        With `plugin_sentences`, the sentence pairs the language plugins ship join the
+        parallel reports of the data.
+        """
         registry = get_registry()
         anchor = anchor_language(languages).code
         normalize = {code: registry.language(code).normalize for code in languages}
@@ -90,6 +95,8 @@ class AlignmentPairs:
             and (r.language == anchor or image_other_language)
         ]
         parallel = _parallel_reports(chosen, anchor, normalize)
+        if plugin_sentences:
+            parallel += _plugin_sentences(languages, anchor, normalize)
         images, skipped = _load_images(image_reports)
         kept = [pair for pair in image_reports if pair.image in images]
         for modality in modalities:
@@ -111,6 +118,15 @@ def _parallel_reports(records, anchor: str, normalize) -> list[ParallelReports]:
                         normalize[language](record.report), language)
         for group in by_group.values() if anchor in group
         for language, record in sorted(group.items()) if language != anchor
+    ]
+
+
+def _plugin_sentences(languages, anchor: str, normalize) -> list[ParallelReports]:
+    registry = get_registry()
+    return [
+        ParallelReports(normalize[anchor](source), normalize[code](translation), code)
+        for code in languages if code != anchor
+        for source, translation in registry.language(code).parallel_sentences
     ]
 
 

@@ -47,6 +47,7 @@ class AlignmentTask:
         self.pairs = AlignmentPairs.from_records(
             records, split=recipe.data.train_split, modalities=config.modalities,
             languages=config.languages, image_other_language=recipe.loss.image_other_language,
+            plugin_sentences=recipe.data.plugin_sentences,
         )
         if self.pairs.skipped_images:
             log.warning("%d training images could not be read and were skipped",

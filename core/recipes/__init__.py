@@ -49,6 +49,11 @@ class AlignDataConfig(_Config):
         description="Parallel report pairs per step for the pivot term; None = batch_size. "
         "Smaller is faster: each pair costs two text-encoder passes.",
     )
+    plugin_sentences: bool = Field(
+        False,
+        description="Also pivot on the sentence pairs each non-anchor language plugin ships "
+        "(`LanguageSpec.parallel_sentences`), beside the data's parallel reports.",
+    )
     augment: bool = Field(
         True, description="Random crops (scale 0.8–1) of training images, seeded per step."
     )
