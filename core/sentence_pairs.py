@@ -1,4 +1,4 @@
-"""Read the sentence pairs a language plugin ships for its pivot (`LanguageSpec.parallel_sentences`).
+"""Read the sentence pairs a language plugin ships for its pivot (`parallel_sentences`).
 
 The format is meant for people who write translations by hand: a UTF-8 text file with one
 pair per line, the pivot-language sentence and its translation separated by a tab.  Blank
