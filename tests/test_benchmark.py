@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO, run_cli
 
 from m3fm.benchmarks.results import render_markdown, write_results
-from m3fm.benchmarks.suite import Benchmark, Stage
+from m3fm.benchmarks.suite import Benchmark, Stage, extra_stages
 from m3fm.registry import UsageError
 
 
@@ -116,3 +116,16 @@ def test_the_results_page_is_the_benchmark_output_as_written():
     assert '--8<-- "docs/results/results.md"' in (results / "index.md").read_text()
     for block in json.loads((results / "results.json").read_text())["diagnosis"]:
         assert (results / f"roc-{block['data']}-{block['model']}.png").is_file()
+
+
+def test_a_plugin_recipe_brings_its_alignment_recipe_named_beside_it(tmp_path):
+    recipes = REPO / "docs" / "examples" / "m3fm-es" / "recipes"
+    align, generator = extra_stages(recipes / "es-zeroshot.toml")
+    assert (align.recipe, align.align, Path(align.source)) == (
+        "cov-ctr-es-align", None, recipes / "es-align.toml")
+    assert (generator.recipe, generator.align) == ("cov-ctr-es-zeroshot", "cov-ctr-es-align")
+    fixed = tmp_path / "fixed.toml"
+    fixed.write_text((recipes / "es-zeroshot.toml").read_text().replace(
+        'recipe = "es-align.toml"', 'checkpoint = "runs/align/final"'))
+    with pytest.raises(UsageError, match=r"name the alignment model by align\.recipe"):
+        extra_stages(fixed)

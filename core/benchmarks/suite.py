@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import torch
 
 from m3fm import __version__
 from m3fm.checkpoint import provenance, read_metadata
-from m3fm.recipes import load_recipe
+from m3fm.recipes import AlignRecipe, GenerateRecipe, load_recipe
 from m3fm.registry import M3fmError, Record, UsageError
 from m3fm.training import FINAL_DIR
 
@@ -33,11 +33,30 @@ SETTINGS = ("zeroshot", "fewshot", "supervised")
 @dataclass(frozen=True)
 class Stage:
     """One model to train: its recipe, its data folder under ``--data``, and the alignment
-    recipe whose model it decodes from (generators only)."""
+    recipe whose model it decodes from (generators only).  `recipe` is the recipe's name (the
+    folder under ``--runs``); `source` is its file when it is not shipped with m3fm."""
 
     recipe: str
     data: str
     align: str | None = None
+    source: str | None = None
+
+    def load(self, overrides: dict[str, str]) -> AlignRecipe | GenerateRecipe:
+        return load_recipe(self.source or self.recipe, overrides)
+
+
+def extra_stages(path: Path) -> list[Stage]:
+    """The stages of a recipe file given with ``--recipe`` (a plugin's, say): the recipe and,
+    for a generator, the alignment recipe it names; their data paths are relative to --data."""
+    recipe = load_recipe(str(path))
+    if recipe.stage == "align":
+        return [Stage(recipe.name, ".", source=str(path))]
+    if recipe.align.recipe is None:
+        raise UsageError(f"--recipe {path}: name the alignment model by align.recipe, not "
+                         "align.checkpoint, so the benchmark can train and record it")
+    align = load_recipe(recipe.align.recipe)
+    return [Stage(align.name, ".", source=recipe.align.recipe),
+            Stage(recipe.name, ".", align=align.name, source=str(path))]
 
 
 STAGES = (
@@ -99,6 +118,7 @@ class Benchmark:
     """The models in `runs` and the results of measuring them on `split` of `data`."""
 
     def __init__(self, data: Path, runs: Path, *, split: str = "val", quick: bool = False,
+                 recipes: Sequence[Path] = (),
                  notify: Callable[[str], None] = lambda message: None) -> None:
         for folder in ("cov-ctr", "covid-cxr", "iu-xray-reports"):
             if not (data / folder).is_dir():
@@ -108,6 +128,9 @@ class Benchmark:
         self.runs = runs / "quick" if quick else runs
         self.scale = QUICK if quick else FULL
         self.stages = [s for s in STAGES if not quick or s.recipe in QUICK_RECIPES]
+        self.recipe_files = [Path(path) for path in recipes]
+        self.extras = [stage for path in self.recipe_files for stage in extra_stages(path)]
+        self.stages += [s for s in self.extras if s.recipe not in {t.recipe for t in self.stages}]
         self.timings: dict[str, float] = {}
         self._read: dict[str, list[Record]] = {}  # each data set read once, however often used
 
@@ -124,7 +147,7 @@ class Benchmark:
             out = self.runs / stage.recipe
             resume = (out / "checkpoints").is_dir()
             self.notify(f"{'resuming' if resume else 'training'} {stage.recipe} in {out}")
-            recipe = load_recipe(stage.recipe, self._overrides(stage))
+            recipe = stage.load(self._overrides(stage))
             started = time.perf_counter()
             train_recipe(recipe, self.data / stage.data, out, resume=resume,
                          notify=self.notify)
@@ -161,6 +184,13 @@ class Benchmark:
         results["diagnosis"] = [
             self._timed(f"diagnosis {entry[0]} with {entry[3]}", self._diagnosis, *entry)
             for entry in DIAGNOSIS_SETS if entry[3] in trained]
+        for stage in self.extras:
+            if stage.align is not None:
+                results["report"] += self._timed(f"report generation {stage.recipe}",
+                                                 self._extra_reports, stage)
+            else:
+                results["diagnosis"].append(self._timed(f"diagnosis with {stage.recipe}",
+                                                        self._extra_diagnosis, stage))
         results["meta"]["timings_s"] = {k: round(v, 1) for k, v in self.timings.items()}
         return results
 
@@ -175,11 +205,26 @@ class Benchmark:
     def _records(self, folder: str, modality: str, label: str = "covid19") -> list[Record]:
         """The data set's records; with --quick only a few images per class of each split."""
         from m3fm.data import read_records
-        from m3fm.diagnosis.evaluation import labelled_images
 
         if folder not in self._read:
             self._read[folder] = read_records(self.data / folder)
-        records = self._read[folder]
+        return self._few_per_class(self._read[folder], modality, label)
+
+    def _recipe_records(self, stage: Stage, modality: str) -> tuple[list[Record], str]:
+        """The records of the data sources an extra recipe names (read once), and the label
+        they are diagnosed on."""
+        from m3fm.data import read_sources
+        from m3fm.diagnosis.evaluation import recorded_label
+
+        key = f"recipe {stage.recipe}"
+        if key not in self._read:
+            self._read[key] = read_sources(stage.load({}).data.sources, self.data / stage.data)
+        label = recorded_label(modality, self._read[key])
+        return self._few_per_class(self._read[key], modality, label), label
+
+    def _few_per_class(self, records: list[Record], modality: str, label: str) -> list[Record]:
+        from m3fm.diagnosis.evaluation import labelled_images
+
         if self.scale.per_class is None:
             return records
         kept = set()
@@ -213,8 +258,37 @@ class Benchmark:
                      for row in evaluate_retrieval(sets, model)]
         return rows
 
+    def _extra_reports(self, stage: Stage) -> list[dict[str, object]]:
+        """An extra generator's report table on its own recipe's data."""
+        from m3fm.generation.evaluation import evaluate_report_models
+        from m3fm.generation.reporting import ReportModel
+
+        model = ReportModel.from_pretrained(self.model_dir(stage.recipe))
+        records, _ = self._recipe_records(stage, model.modalities[0])
+        rows = evaluate_report_models({stage.recipe: model}, records, split=self.split).rows
+        return [{**row, "data": stage.recipe} for row in rows]
+
+    def _extra_diagnosis(self, stage: Stage) -> dict[str, object]:
+        """Zero-shot diagnosis with an extra alignment model, in each of its languages, with
+        the extra generators that decode from it as report models."""
+        from m3fm.generation import load
+
+        modality = load(self.model_dir(stage.recipe)).modalities[0]
+        reporters = {}
+        for generator in self.extras:
+            if generator.align == stage.recipe:
+                reporters |= dict.fromkeys(generator.load({}).model.languages, generator.recipe)
+        records, label = self._recipe_records(stage, modality)
+        data = "+".join(source.path for source in stage.load({}).data.sources)
+        return self._diagnosis_on(data, records, modality, label, stage.recipe, reporters)
+
     def _diagnosis(self, folder: str, modality: str, label: str, model_recipe: str,
                    reporter_recipes: dict[str, str]) -> dict[str, object]:
+        return self._diagnosis_on(folder, self._records(folder, modality, label), modality,
+                                  label, model_recipe, reporter_recipes)
+
+    def _diagnosis_on(self, data: str, records: list[Record], modality: str, label: str,
+                      model_recipe: str, reporter_recipes: dict[str, str]) -> dict[str, object]:
         from m3fm.diagnosis.evaluation import evaluate_diagnosis
         from m3fm.generation import load
         from m3fm.generation.reporting import ReportModel
@@ -230,16 +304,17 @@ class Benchmark:
                      if self.model_dir(recipe).is_dir()}
         reporters = {lang: m for lang, m in reporters.items() if isinstance(m, ReportModel)}
         result = evaluate_diagnosis(
-            model(model_recipe), self._records(folder, modality, label), modality=modality,
+            model(model_recipe), records, modality=modality,
             label=label, split=self.split, reporters=reporters, shots=self.scale.shots,
             seeds=self.scale.seeds, cnn_epochs=self.scale.cnn_epochs,
         )
-        return {"data": folder, "modality": modality, "label": label, "model": model_recipe,
+        return {"data": data, "modality": modality, "label": label, "model": model_recipe,
                 "rows": result.rows, "few_shot": result.few_shot, "curves": result.curves}
 
     def _meta(self) -> dict[str, object]:
         command = f"m3fm benchmark --data DATA --split {self.split}" + (
-            " --quick" if self.quick else "")
+            " --quick" if self.quick else "") + "".join(
+            f" --recipe {path}" for path in self.recipe_files)
         return {
             "command": command, "split": self.split, "quick": self.quick,
             "m3fm_version": __version__, "git_commit": provenance()["git_commit"],

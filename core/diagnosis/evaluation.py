@@ -75,6 +75,14 @@ def tuning_split(split: str) -> str:
     return TRAIN_SPLIT if split == "val" else "val"
 
 
+def recorded_label(modality: str, records: Sequence[Record]) -> str:
+    """The modality's first declared label that the records carry (else its first label):
+    what to diagnose when the user names none."""
+    known = {name for r in records if r.modality == modality for name in r.labels}
+    declared = resolve_labels(modality, None)
+    return next((name for name in declared if name in known), declared[0])
+
+
 def labelled_images(
     records: Sequence[Record], *, split: str, modality: str, label: str,
     limit: int | None = None,

@@ -155,6 +155,7 @@ def load_recipe(
         raise ConfigError(f"{path}: a recipe must be a mapping of sections")
     for key, value in (overrides or {}).items():
         _set_path(data, key, _parse_value(value), path)
+    _resolve_beside(data, path)
     stage = data.get("stage")
     if stage not in RECIPE_STAGES:
         raise ConfigError(f"{path}: stage must be one of {', '.join(RECIPE_STAGES)}, got {stage!r}")
@@ -162,6 +163,17 @@ def load_recipe(
         return RECIPE_STAGES[stage].model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {describe_validation_error(exc)}") from exc
+
+
+def _resolve_beside(data: dict[str, Any], path: Path) -> None:
+    """Let a recipe file name its alignment recipe by a path relative to itself, so recipes
+    shipped together (as a plugin's are) work from any working directory."""
+    align = data.get("align")
+    if not isinstance(align, dict) or not isinstance(align.get("recipe"), str):
+        return
+    beside = path.parent / align["recipe"]
+    if align["recipe"] not in available_recipes() and beside.is_file():
+        align["recipe"] = str(beside)
 
 
 def _parse_value(value: str) -> Any:
