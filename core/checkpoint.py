@@ -33,7 +33,12 @@ _STEP_NAME = re.compile(r"step-(\d+)")
 
 
 class CheckpointError(M3fmError):
-    """A checkpoint that is missing, incomplete, unreadable or does not fit the model."""
+    """A checkpoint that is missing, incomplete, unreadable or does not fit the model.
+
+    Fix: point at a complete folder written by m3fm (a run's ``final/`` or one of its
+    ``checkpoints/step-N/``), made by this version for the same model settings; retrain if the
+    model changed since.
+    """
 
 
 def save_model_files(

@@ -21,7 +21,10 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class TrainingInterrupted(M3fmError):
-    """The run stopped on a signal after saving a checkpoint it can be resumed from."""
+    """The run stopped on a signal after saving a checkpoint it can be resumed from.
+
+    Fix: nothing was lost; run the same command again with ``--resume`` to continue.
+    """
 
     exit_code = 130  # what shells report for a process ended by Ctrl-C
 

@@ -51,7 +51,11 @@ FINAL_DIR = "final"
 
 
 class NonFiniteLossError(M3fmError):
-    """The loss became NaN or infinite; the run stopped before that step changed any weight."""
+    """The loss became NaN or infinite; the run stopped before that step changed any weight.
+
+    Fix: lower the learning rate (``--set train.lr=...``) or look for broken images and empty
+    reports in the data, then run again; ``--resume`` continues from the last checkpoint.
+    """
 
 
 def train(
