@@ -56,6 +56,10 @@ DEFAULT_BACKBONE = "resnet18"
 
 LABELS = ("covid19",)
 
+SAMPLE_FILES = (Path(__file__).with_name("samples") / "ct.png",)
+"""A tiny synthetic slice in the lung window (a drawn phantom, no patient's), shipped as package
+data for the conformance kit that `m3fm plugins list` runs."""
+
 
 def hu_window(level: float, width: float) -> ScaleIntensityRange:
     """Map the HU range [level - width/2, level + width/2] to [0, 1], clipping outside values."""
@@ -131,6 +135,7 @@ def ct_spec(
         load=load_ct,
         build_encoder=build_ct_encoder,
         labels=LABELS,
+        sample_files=SAMPLE_FILES,
     )
 
 

@@ -49,6 +49,10 @@ LABELS = (
 )
 """The 14 ChestX-ray14 findings, plus COVID-19."""
 
+SAMPLE_FILES = (Path(__file__).with_name("samples") / "cxr.png",)
+"""A tiny synthetic radiograph (a drawn phantom, no patient's), shipped as package data for the
+conformance kit that `m3fm plugins list` runs."""
+
 @functools.cache
 def _to_model_input() -> Compose:
     """Intensity scaling, aspect-preserving fit and standardisation, built on the first load."""
@@ -92,6 +96,7 @@ CXR = ModalitySpec(
     load=load_cxr,
     build_encoder=build_cxr_encoder,
     labels=LABELS,
+    sample_files=SAMPLE_FILES,
 )
 
 

@@ -541,6 +541,18 @@ def extract_findings(report: str) -> list[Finding]:
     return _FINDING_RULES(normalize(report))
 
 
+# Written for the conformance kit in the style of IU X-ray (radiographs, with its "XXXX"
+# anonymisation gaps) and of COV-CTR's English reports (CT); not taken from either data set.
+SAMPLE_REPORTS = (
+    "The heart is normal in size. The mediastinum is unremarkable. The lungs are clear, "
+    "without focal consolidation, pleural effusion or pneumothorax.",
+    "1. Stable cardiomegaly. 2. Mild atelectasis at the left lung base. XXXX sternotomy wires "
+    "are intact. No acute bony abnormality.",
+    "Thoracic symmetry, mediastinal shadow in the middle. Multiple patchy ground glass shadows "
+    "are seen in the lower lobes of both lungs, with blurred edges. No enlarged lymph nodes.",
+)
+
+
 SPEC = LanguageSpec(
     code="en",
     name="English",
@@ -555,6 +567,7 @@ SPEC = LanguageSpec(
     negative_templates=NEGATIVE_TEMPLATES,
     label_prompts=LABEL_PROMPTS,
     extract_findings=extract_findings,
+    sample_reports=SAMPLE_REPORTS,
 )
 
 

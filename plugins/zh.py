@@ -322,6 +322,15 @@ def extract_findings(report: str) -> list[Finding]:
     return _FINDING_RULES(normalize(report))
 
 
+# Written for the conformance kit in the style of COV-CTR's Chinese CT reports and of Chinese
+# chest radiograph reports; not taken from any data set.
+SAMPLE_REPORTS = (
+    "胸廓对称，纵隔居中，气管通畅。双肺下叶见多发斑片状磨玻璃密度影，边缘模糊。纵隔内未见肿大淋巴结。",
+    "1.两肺纹理清晰，未见明确实变影。2.心影大小、形态正常。双侧胸腔未见积液.",
+    "心影增大，右下肺野见片状高密度影（考虑肺炎），请结合临床。",
+)
+
+
 SPEC = LanguageSpec(
     code="zh",
     name="Chinese",
@@ -336,6 +345,7 @@ SPEC = LanguageSpec(
     negative_templates=NEGATIVE_TEMPLATES,
     label_prompts=LABEL_PROMPTS,
     extract_findings=extract_findings,
+    sample_reports=SAMPLE_REPORTS,
     # COV-CTR's parallel reports are all CT; these hand-written chest X-ray pairs carry the
     # radiograph wording (opacity, infiltrate, consolidation) across the pivot.
     parallel_sentences=read_sentence_pairs(files(__package__) / "data" / "zh-cxr-sentences.tsv"),

@@ -25,7 +25,8 @@ PLUGIN_API_VERSION = "1.3"
 
 1.1 added the optional `LanguageSpec.extract_findings` (and the `Finding` type it returns).
 1.2 added the optional `LanguageSpec.label_prompts` (and the `LabelPrompts` type).
-1.3 added the optional `LanguageSpec.parallel_sentences`.
+1.3 added the optional `LanguageSpec.parallel_sentences`, `LanguageSpec.sample_reports` and
+`ModalitySpec.sample_files`.
 """
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT

@@ -124,6 +124,12 @@ class ModalitySpec(_Spec):
     labels: tuple[LabelId, ...] = Field(
         description="Default label set for diagnosis, as label ids (language plugins name them)."
     )
+    sample_files: tuple[Path, ...] = Field(
+        (),
+        description="A few real files (or folders) of a declared type, usually shipped as "
+        "package data, on which `m3fm plugins list` runs the conformance kit; without them it "
+        "checks only what needs no file (optional since plugin API 1.3).",
+    )
 
     @field_validator("file_types")
     @classmethod
@@ -188,6 +194,12 @@ class LanguageSpec(_Spec):
         description="(pivot-language sentence, this language's sentence) pairs the plugin "
         "ships, e.g. a domain's wording that the data sets' parallel reports never use; "
         "alignment recipes with `data.plugin_sentences` add them to the pivot pairs "
+        "(optional since plugin API 1.3).",
+    )
+    sample_reports: tuple[str, ...] = Field(
+        (),
+        description="A few typical raw reports in this language, on which `m3fm plugins list` "
+        "runs the conformance kit; without them it uses the plugin's own prompt sentences "
         "(optional since plugin API 1.3).",
     )
     extract_findings: Callable[[str], list[Finding]] | None = Field(

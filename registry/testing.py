@@ -11,14 +11,20 @@ Call these from your plugin's tests (the `m3fm plugins new` scaffold does)::
         check_modality(SPEC, samples=[path_to_a_real_file], scratch=tmp_path)
 
 Each function runs its checks in order and raises :class:`ConformanceError` at the first that
-fails, naming the check and the fix; it returns the names of the checks passed.  The engine is
-imported inside the functions, so this module keeps the registry's import-light layering.
+fails, naming the check and the fix (an exception raised by the plugin's own code fails the
+check it was raised in); it returns the names of the checks passed.  :func:`first_failure` runs
+the kit on the inputs a spec ships itself (`LanguageSpec.sample_reports`,
+`ModalitySpec.sample_files`) and returns the failure instead of raising: ``m3fm plugins list``
+shows it as the plugin's status.  The engine is imported inside the functions, so this module
+keeps the registry's import-light layering.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .specs import EncoderOptions, LanguageSpec, ModalitySpec
 
@@ -28,33 +34,62 @@ class ConformanceError(AssertionError):
 
     def __init__(self, check: str, problem: str, fix: str) -> None:
         self.check = check
+        self.problem = problem
+        self.fix = fix
         super().__init__(f"{check}: {problem}; {fix}")
+
+
+@contextmanager
+def _check(name: str, fix: str) -> Iterator[None]:
+    """Run plugin code for check `name`; an exception it raises fails that check, with `fix`."""
+    try:
+        yield
+    except ConformanceError:
+        raise
+    except Exception as exc:  # anything the plugin's code raises
+        lines = str(exc).strip().splitlines()
+        detail = f": {lines[0][:200]}" if lines else ""
+        raise ConformanceError(name, f"raised {type(exc).__name__}{detail}", fix) from exc
 
 
 def check_language(spec: LanguageSpec, samples: Sequence[str]) -> list[str]:
     """Check a language plugin on sample reports written in it (at least one)."""
-    import sacrebleu
-
     if not samples:
         raise ConformanceError("samples", "no sample reports given",
                                "pass a few typical reports of the language")
-    passed = []
+    return _check_text(spec, samples) + _check_metric_and_prompts(spec)
+
+
+def _check_text(spec: LanguageSpec, samples: Sequence[str]) -> list[str]:
+    """The checks of the text functions, on each sample."""
     for text in samples:
-        once = spec.normalize(text)
-        if spec.normalize(once) != once:
+        with _check("normalize is idempotent", "make `normalize` accept any report text"):
+            once = spec.normalize(text)
+            twice = spec.normalize(once)
+        if twice != once:
             raise ConformanceError(
                 "normalize is idempotent", f"normalising {once!r} again changes it",
                 "make `normalize` a fixed point: normalize(normalize(x)) == normalize(x)")
-        words = spec.tokenize_words(once)
-        if spec.join_words(words) != once:
+        with _check("join_words inverts tokenize_words",
+                    "make `tokenize_words` and `join_words` accept normalised text"):
+            words = spec.tokenize_words(once)
+            joined = spec.join_words(words)
+        if joined != once:
             raise ConformanceError(
-                "join_words inverts tokenize_words",
-                f"{once!r} → {words!r} → {spec.join_words(words)!r}",
+                "join_words inverts tokenize_words", f"{once!r} → {words!r} → {joined!r}",
                 "make join_words(tokenize_words(x)) == x for normalised text")
-        if once.strip() and not spec.split_sentences(once):
+        with _check("split_sentences", "make `split_sentences` accept normalised text"):
+            sentences = spec.split_sentences(once)
+        if once.strip() and not sentences:
             raise ConformanceError("split_sentences", f"no sentence found in {once!r}",
                                    "return at least one sentence for non-empty text")
-    passed += ["normalize is idempotent", "join_words inverts tokenize_words", "split_sentences"]
+    return ["normalize is idempotent", "join_words inverts tokenize_words", "split_sentences"]
+
+
+def _check_metric_and_prompts(spec: LanguageSpec) -> list[str]:
+    """The checks that need no sample: the BLEU tokenizer exists, every label has prompts."""
+    import sacrebleu
+
     try:
         sacrebleu.BLEU(tokenize=spec.metric_tokenizer)
     except KeyError:
@@ -62,31 +97,48 @@ def check_language(spec: LanguageSpec, samples: Sequence[str]) -> list[str]:
             "metric tokenizer", f"sacrebleu has no tokenizer {spec.metric_tokenizer!r}",
             "set `metric_tokenizer` to a sacrebleu name such as '13a', 'intl', 'zh' or 'char'",
         ) from None
-    passed.append("metric tokenizer")
     for label in sorted({*spec.finding_names, *spec.label_prompts}):
-        positive, negative = spec.prompts(label)
+        with _check("prompts", "make every template a sentence with only the '{finding}' slot"):
+            positive, negative = spec.prompts(label)
         if not positive or not negative or not all(p.strip() for p in positive + negative):
             raise ConformanceError(
                 "prompts", f"label {label!r} has an empty positive or negative prompt",
                 "give every label in `finding_names` or `label_prompts` non-empty sentences")
-    passed.append("prompts")
-    return passed
+    return ["metric tokenizer", "prompts"]
+
+
+def _prompt_sentences(spec: LanguageSpec) -> list[str]:
+    """Every prompt sentence of the language: its stand-in samples when it ships no reports."""
+    sentences: list[str] = []
+    for label in sorted({*spec.finding_names, *spec.label_prompts}):
+        with _check("prompts", "make every template a sentence with only the '{finding}' slot"):
+            positive, negative = spec.prompts(label)
+        sentences += [*positive, *negative]
+    return sentences
 
 
 def check_modality(spec: ModalitySpec, samples: Sequence[Path], scratch: Path,
                    options: EncoderOptions | None = None) -> list[str]:
     """Check a modality plugin on real sample files of its declared types (at least one);
     `scratch` is a writable folder for a deliberately corrupt file."""
-    import torch
-
-    from m3fm.imaging import preprocess
-    from m3fm.registry import InputError
-
     if not samples:
         raise ConformanceError("samples", "no sample files given",
                                "pass at least one real file of a declared type")
+    batches = _check_load(spec, samples)
+    return [
+        *_LOAD_CHECKS, *_check_encoder(spec, batches, options), *_check_corrupt_file(spec, scratch)
+    ]
+
+
+_LOAD_CHECKS = ["file types", "load", "load returns float32", "load shape"]
+
+
+def _check_load(spec: ModalitySpec, samples: Sequence[Path]) -> dict[tuple[int, ...], Any]:
+    """Load every sample; return one batch of two per shape the samples have."""
+    import torch
+
     shapes = {spec.slice_shape, *([spec.volume_shape] if spec.volume_shape else [])}
-    tensors = []
+    batches = {}
     for path in map(Path, samples):
         if not spec.accepts(path):
             raise ConformanceError("file types", f"{path.name} is not a declared type",
@@ -103,21 +155,47 @@ def check_modality(spec: ModalitySpec, samples: Sequence[Path], scratch: Path,
         if tuple(image.shape) not in shapes:
             raise ConformanceError("load shape", f"{path.name} gave {tuple(image.shape)}",
                                    f"resize to a declared shape {sorted(shapes)}")
-        tensors.append(image)
-    encoder = spec.build_encoder(options or EncoderOptions())
+        batches.setdefault(tuple(image.shape), torch.stack([image, image]))
+    return batches
+
+
+def _zeros_batches(spec: ModalitySpec) -> dict[tuple[int, ...], Any]:
+    """A batch of two blank inputs per declared shape, for a modality without sample files."""
+    import torch
+
+    shapes = [spec.slice_shape, *([spec.volume_shape] if spec.volume_shape else [])]
+    return {shape: torch.zeros(2, *shape) for shape in shapes}
+
+
+def _check_encoder(spec: ModalitySpec, batches: dict[tuple[int, ...], Any],
+                   options: EncoderOptions | None = None) -> list[str]:
+    """Build the encoder and check its features on each batch (two inputs of one shape)."""
+    import torch
+
+    with _check("encoder builds", "make `build_encoder` work with default EncoderOptions"):
+        encoder = spec.build_encoder(options or EncoderOptions())
     if not isinstance(getattr(encoder, "feature_dim", None), int):
         raise ConformanceError("encoder feature_dim", "the encoder has no integer `feature_dim`",
                                "set `feature_dim` on the module `build_encoder` returns")
-    encoder.eval()
-    for shape in {tuple(t.shape) for t in tensors}:
-        batch = torch.stack([t for t in tensors if tuple(t.shape) == shape][:1] * 2)
-        with torch.no_grad():
+    for shape, batch in batches.items():
+        fix = f"map (B, *{shape}) to (B, feature_dim={encoder.feature_dim})"
+        with _check("encoder output", fix), torch.no_grad():
+            encoder.eval()
             features = encoder(batch)
-        if tuple(features.shape) != (2, encoder.feature_dim):
+        got = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features)
+        if got != (2, encoder.feature_dim):
             raise ConformanceError(
-                "encoder output", f"a batch of 2 × {shape} gave {tuple(features.shape)}",
-                f"map (B, *{shape}) to (B, feature_dim={encoder.feature_dim})")
-    corrupt = Path(scratch) / f"corrupt{spec.file_types[0]}"
+                "encoder output", f"a batch of 2 × {shape} gave {got}", fix)
+    return ["encoder builds", "encoder feature_dim", "encoder output"]
+
+
+def _check_corrupt_file(spec: ModalitySpec, scratch: Path) -> list[str]:
+    """A deliberately corrupt file of the first declared type must raise InputError."""
+    from m3fm.imaging import preprocess
+    from m3fm.registry import InputError
+
+    suffix = spec.file_types[0] if spec.file_types else ".bin"
+    corrupt = Path(scratch) / f"corrupt{suffix}"
     corrupt.write_bytes(b"not an image, deliberately")
     try:
         preprocess(spec, corrupt)
@@ -126,5 +204,32 @@ def check_modality(spec: ModalitySpec, samples: Sequence[Path], scratch: Path,
     else:
         raise ConformanceError("corrupt file", f"{corrupt.name} loaded without error",
                                "let `load` raise on unreadable input")
-    return ["file types", "load returns float32", "load shape", "encoder feature_dim",
-            "encoder output", "corrupt file"]
+    return ["corrupt file"]
+
+
+def first_failure(kind: str, spec: Any, scratch: Path) -> ConformanceError | None:
+    """The first check a provided spec fails on the inputs it ships, or None if it passes.
+
+    A language is checked on its `sample_reports`, or on its own prompt sentences when it
+    ships none.  A modality is checked on its `sample_files` with :func:`check_modality`;
+    without them, only what needs no file: the encoder (on blank batches of the declared
+    shapes) and the corrupt-file check.  Dataset formats are not checked.  `scratch` is a
+    writable folder.  Used by ``m3fm plugins list``; never raises for a plugin's fault.
+    """
+    try:
+        if kind == "language":
+            samples = spec.sample_reports or _prompt_sentences(spec)
+            _check_text(spec, samples)
+            _check_metric_and_prompts(spec)
+        elif kind == "modality":
+            if spec.sample_files:
+                check_modality(spec, spec.sample_files, scratch)
+            else:
+                _check_encoder(spec, _zeros_batches(spec))
+                _check_corrupt_file(spec, scratch)
+    except ConformanceError as error:
+        return error
+    except Exception as exc:  # plugin code outside any single check: still the plugin's fault
+        return ConformanceError("conformance kit", f"raised {type(exc).__name__}: {exc}",
+                                "run the kit in the plugin's tests to find where")
+    return None

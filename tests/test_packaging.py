@@ -48,6 +48,8 @@ def test_wheel_holds_exactly_the_layout_modules(tmp_path):
     assert shipped and {f"m3fm/recipes/{name}" for name in shipped} <= set(names)
     known = {p.name for p in (REPO / "registry" / "known_plugins").glob("*.toml")}
     assert known and {f"m3fm/registry/known_plugins/{name}" for name in known} <= set(names)
+    samples = {p.name for p in (REPO / "plugins" / "samples").glob("*.png")}
+    assert samples and {f"m3fm/plugins/samples/{name}" for name in samples} <= set(names)
     templates = {p.name for p in (REPO / "core" / "scaffold" / "templates").glob("*.tmpl")}
     assert templates and {f"m3fm/scaffold/templates/{n}" for n in templates} <= set(names)
     bundled = REPO / "core" / "models" / "m3fm-small"
