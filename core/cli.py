@@ -7,11 +7,13 @@ only with ``M3FM_DEBUG=1``.  Commands that print results take ``--json`` for mac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -86,21 +88,42 @@ def plugins() -> None:
     """Inspect installed plugins (modalities, languages, dataset formats)."""
 
 
-def _plugin_rows() -> list[dict[str, str]]:
+PROBLEM_CHARS = 300
+"""A failed check's problem is cut to this length in `plugins list`: one readable status."""
+
+
+def _plugin_rows(check: bool = True) -> list[dict[str, str]]:
+    """One row per provided name, then one per plugin that failed to load.
+
+    With `check`, each modality and language runs the conformance kit on the inputs it ships;
+    the first failing check makes its status ``incompatible: <check>: <problem>``.
+    """
+    from m3fm.registry.testing import first_failure
+
     registry = get_registry()
     rows = []
-    for provided in registry.all_provided():
-        others = [
-            p.plugin.name for p in registry.providers(provided.kind, provided.name)
-            if p.plugin is not provided.plugin
-        ]
-        rows.append({
-            "name": provided.name,
-            "kind": provided.kind,
-            "plugin": provided.plugin.name,
-            "source": provided.plugin.source,
-            "status": f"conflict with {', '.join(others)}" if others else "ok",
-        })
+    waiting = (err_console.status("Running the conformance kit on each plugin…")
+               if check and err_console.is_terminal else contextlib.nullcontext())
+    with tempfile.TemporaryDirectory(prefix="m3fm-conformance-") as scratch, waiting:
+        for provided in registry.all_provided():
+            others = [
+                p.plugin.name for p in registry.providers(provided.kind, provided.name)
+                if p.plugin is not provided.plugin
+            ]
+            status = f"conflict with {', '.join(others)}" if others else "ok"
+            failure = first_failure(provided.kind, provided.spec, Path(scratch)) if check else None
+            if failure is not None:
+                problem = failure.problem
+                if len(problem) > PROBLEM_CHARS:
+                    problem = problem[:PROBLEM_CHARS - 1] + "…"
+                status = f"incompatible: {failure.check}: {problem}"
+            rows.append({
+                "name": provided.name,
+                "kind": provided.kind,
+                "plugin": provided.plugin.name,
+                "source": provided.plugin.source,
+                "status": status,
+            })
     for info in registry.plugins.values():
         if info.status != "ok":
             rows.append({
@@ -112,12 +135,18 @@ def _plugin_rows() -> list[dict[str, str]]:
 
 @plugins.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def plugins_list(as_json: bool) -> None:
+@click.option("--no-check", is_flag=True,
+              help="Skip the conformance kit: faster, but a plugin that loads yet breaks the "
+              "contract is listed as ok.")
+def plugins_list(as_json: bool, no_check: bool) -> None:
     """List every modality, language and dataset format, with the plugin that provides it.
 
     Plugins that failed to load or need another plugin-API version are listed with the reason.
+    Each modality and language also runs the conformance kit on the samples it ships (a
+    language without sample reports on its own prompts, a modality without sample files on
+    what needs no file); one that fails is listed as ``incompatible: <check>: <problem>``.
     """
-    rows = _plugin_rows()
+    rows = _plugin_rows(check=not no_check)
     if as_json:
         _print_json(rows)
         return

@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import run_cli
 
-from m3fm.registry import PLUGIN_API_VERSION
+from m3fm.registry import PLUGIN_API_VERSION, get_registry, hookimpl
 
 
 def assert_one_line_error(err: str, *fragments: str) -> None:
@@ -35,12 +35,37 @@ def test_plugins_list_shows_the_builtins(capsys):
     provided = {(row["kind"], row["name"]): row["status"] for row in json.loads(out)}
     assert code == 0
     for key in [("modality", "cxr"), ("modality", "ct"), ("language", "en"), ("language", "zh")]:
-        assert provided[key] == "ok"
+        assert provided[key] == "ok"  # loaded, no conflict, and passed the conformance kit
 
 
 def test_plugins_list_table_for_people(capsys):
     code, out, _ = run_cli(capsys, "plugins", "list")
     assert code == 0 and "cxr" in out and "modality" in out
+
+
+class _Misfit:
+    """A plugin whose language loads but normalises differently each time it is asked."""
+
+    @hookimpl
+    def m3fm_languages(self):
+        english = get_registry().language("en")
+        return [english.model_copy(update={"code": "xw", "normalize": lambda t: t + "!"})]
+
+
+def test_plugins_list_shows_a_spec_failing_the_kit_as_incompatible(capsys, monkeypatch):
+    import m3fm.cli
+
+    get_registry().add_plugin(_Misfit(), "misfit")
+    code, out, _ = run_cli(capsys, "plugins", "list", "--json")
+    [row] = [row for row in json.loads(out) if row["name"] == "xw"]
+    assert code == 0 and row["plugin"] == "misfit"
+    assert row["status"].startswith("incompatible: normalize is idempotent: normalising ")
+    monkeypatch.setattr(m3fm.cli.console, "width", 300)  # one line per row
+    code, out, _ = run_cli(capsys, "plugins", "list")
+    [line] = [line for line in out.splitlines() if line.startswith("│ xw ")]
+    assert code == 0 and line.rstrip(" │").endswith(row["status"])
+    code, out, _ = run_cli(capsys, "plugins", "list", "--json", "--no-check")
+    assert [row["status"] for row in json.loads(out) if row["name"] == "xw"] == ["ok"]
 
 
 def test_plugins_show_declares_shapes_and_labels(capsys):

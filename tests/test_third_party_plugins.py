@@ -32,6 +32,7 @@ PACKAGE = {
         demo-future = "m3fm_demo.future"
         demo-raising = "m3fm_demo.raising"
         demo-dupe = "m3fm_demo.dupe"
+        demo-misfits = "m3fm_demo.misfits"
 
         [tool.setuptools]
         packages = ["m3fm_demo"]
@@ -79,6 +80,52 @@ PACKAGE = {
         def m3fm_languages():
             return [spec("zh")]
     """,
+    "m3fm_demo/misfits.py": """
+        # Plugins that load fine but break the contract: the conformance kit finds them.
+        from m3fm.registry import ModalitySpec, hookimpl
+        from m3fm_demo.language import spec
+
+        class Encoder:
+            feature_dim = 8
+
+            def __init__(self, width):
+                self.width = width
+
+            def eval(self):
+                return self
+
+            def __call__(self, batch):
+                return batch.flatten(1)[:, : self.width]
+
+        def load(path):
+            import numpy as np
+            import torch
+            from PIL import Image
+
+            pixels = np.asarray(Image.open(path).convert("L").resize((16, 16)), np.float32)
+            return torch.from_numpy(pixels / 255)[None]
+
+        def modality(name, width):
+            return ModalitySpec(
+                name=name, description="Demo scans", file_types=(".png",),
+                slice_shape=(1, 16, 16), load=load, build_encoder=lambda _: Encoder(width),
+                labels=("effusion",),
+            )
+
+        def split_sentences(text):
+            raise RuntimeError("sentence model not downloaded")
+
+        @hookimpl
+        def m3fm_languages():
+            shouting = spec("ww").model_copy(update={
+                "normalize": lambda text: text.strip() + "!", "sample_reports": ("Sin fluido.",)})
+            unsplittable = spec("vv").model_copy(update={"split_sentences": split_sentences})
+            return [shouting, unsplittable]
+
+        @hookimpl
+        def m3fm_modalities():
+            return [modality("demo-fine", 8), modality("demo-wide", 4)]
+    """,
 }
 
 
@@ -100,7 +147,7 @@ def plugin_site(tmp_path_factory) -> Path:
 
 
 def m3fm(site: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(site)}
+    env = {**os.environ, "PYTHONPATH": str(site), "COLUMNS": "250"}  # a table row per line
     return subprocess.run(
         [sys.executable, "-c", "from m3fm.cli import main; main()", *args],
         capture_output=True, text=True, env=env,
@@ -147,6 +194,41 @@ def test_plugin_whose_hook_raises_is_reported(listing):
 def test_name_claimed_twice_is_shown_as_conflict(rows):
     statuses = {row["plugin"]: row["status"] for row in rows if row["name"] == "zh"}
     assert statuses == {"zh": "conflict with demo-dupe", "demo-dupe": "conflict with zh"}
+
+
+INCOMPATIBLE = {
+    ("language", "ww"): "incompatible: normalize is idempotent: "
+                        "normalising 'Sin fluido.!' again changes it",
+    ("language", "vv"): "incompatible: split_sentences: "
+                        "raised RuntimeError: sentence model not downloaded",
+    ("modality", "demo-wide"): "incompatible: encoder output: "
+                               "a batch of 2 × (1, 16, 16) gave (2, 4)",
+}
+
+
+def test_plugin_that_loads_but_fails_the_kit_is_incompatible_with_the_first_failing_check(
+        listing):
+    for key, status in INCOMPATIBLE.items():
+        assert listing[key]["status"] == status
+        assert listing[key]["plugin"] == "demo-misfits"
+    # The same plugin's conforming modality, checked without sample files, stays ok.
+    assert listing["modality", "demo-fine"]["status"] == "ok"
+
+
+def test_builtins_pass_the_kit(listing):
+    for key in [("modality", "cxr"), ("modality", "ct"), ("language", "en")]:
+        assert listing[key]["status"] == "ok"
+
+
+def test_the_table_shows_the_same_statuses(plugin_site, rows):
+    result = m3fm(plugin_site, "plugins", "list")
+    assert result.returncode == 0, result.stderr
+    table = [
+        tuple(cell.strip() for cell in line.strip("│").split("│"))
+        for line in result.stdout.splitlines() if line.startswith("│ ")
+    ]
+    assert table == [tuple(row.values()) for row in rows]
+    assert sum(row[-1].startswith("incompatible: ") for row in table) == len(INCOMPATIBLE) + 1
 
 
 def test_installed_plugin_resolves_by_name(plugin_site):
