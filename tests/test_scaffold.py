@@ -28,6 +28,17 @@ def test_new_writes_a_complete_package(capsys, tmp_path):
     assert '[project.entry-points.m3fm]\nko = "m3fm_ko"' in (target / "pyproject.toml").read_text()
 
 
+def test_a_modality_scaffold_ships_a_sample_image_as_package_data(capsys, tmp_path):
+    target = tmp_path / "m3fm-scan"
+    assert run_cli(capsys, "plugins", "new", "scan", "--kind", "modality", "--dir",
+                   str(target))[0] == 0
+    sample = target / "m3fm_scan" / "samples" / "sample.png"
+    assert sample.read_bytes().startswith(b"\x89PNG")
+    assert 'm3fm_scan = ["samples/*.png"]' in (target / "pyproject.toml").read_text()
+    assert 'SAMPLE_FILES = (Path(__file__).parent / "samples" / "sample.png",)' in (
+        target / "m3fm_scan" / "__init__.py").read_text()
+
+
 def _m3fm(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "m3fm.cli", *args], capture_output=True,
                           text=True, check=False)
@@ -47,8 +58,8 @@ def test_a_scaffolded_plugin_installs_and_passes_its_own_tests(kind, capsys, tmp
                                cwd=target, capture_output=True, text=True, check=False)
         assert tests.returncode == 0, tests.stdout + tests.stderr
         listed = json.loads(_m3fm("plugins", "list", "--json").stdout)
-        assert {"name": name, "kind": kind, "plugin": name} in [
-            {k: row[k] for k in ("name", "kind", "plugin")} for row in listed]
+        assert {"name": name, "kind": kind, "plugin": name, "status": "ok"} in [
+            {k: row[k] for k in ("name", "kind", "plugin", "status")} for row in listed]
         if kind == "modality":  # run knows the plugin; the bundled model has no tower for it
             sample = tmp_path / "x.png"
             sample.write_bytes(b"")
