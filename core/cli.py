@@ -591,16 +591,14 @@ def _cells(rows: list[dict], columns: list[str]) -> list[list[str]]:
 def _diagnosis_rows(checkpoint: Path, records, split: str, language: str | None,
                     modality: str | None, label: str | None, plots: Path | None):
     """Rows of every diagnosis method and the few-shot curve; ROC and curve plots to `plots`."""
-    from m3fm.diagnosis.evaluation import evaluate_diagnosis
+    from m3fm.diagnosis.evaluation import evaluate_diagnosis, recorded_label
     from m3fm.diagnosis.zeroshot import resolve_labels
     from m3fm.generation import load
 
     model = load(checkpoint)
     modality = model.modality(modality)
-    if label is None:  # the modality's first label that the data set records
-        known = {name for r in records if r.modality == modality for name in r.labels}
-        declared = resolve_labels(modality, None)
-        label = next((name for name in declared if name in known), declared[0])
+    if label is None:
+        label = recorded_label(modality, records)
     else:
         resolve_labels(modality, [label])
     result = evaluate_diagnosis(model, records, modality=modality, label=label, split=split,
@@ -730,7 +728,12 @@ class _WarningEcho(logging.Handler):
               help="Results folder: results.json, results.md and PNG plots.")
 @click.option("--quick", is_flag=True,
               help="Tiny models, few steps, few images: checks the pipeline (CI), not quality.")
-def benchmark(data_dir: Path, split: str, runs: Path, out: Path, quick: bool) -> None:
+@click.option("--recipe", "recipes", type=click.Path(path_type=Path, dir_okay=False),
+              multiple=True,
+              help="Also train and measure this recipe file (a plugin's; repeatable): a "
+              "generator gets a report table, an alignment model zero-shot diagnosis.")
+def benchmark(data_dir: Path, split: str, runs: Path, out: Path, quick: bool,
+              recipes: tuple[Path, ...]) -> None:
     """Train (or reuse) every model of the paper's settings and measure them all: report
     generation with baselines, retrieval, and zero-shot, report-based and few-shot diagnosis
     on COV-CTR and covid-cxr with their baselines.
@@ -741,7 +744,7 @@ def benchmark(data_dir: Path, split: str, runs: Path, out: Path, quick: bool) ->
     def notify(message: str) -> None:
         click.echo(f"m3fm: {message}", err=True)
 
-    suite = Benchmark(data_dir, runs, split=split, quick=quick, notify=notify)
+    suite = Benchmark(data_dir, runs, split=split, quick=quick, recipes=recipes, notify=notify)
     suite.train()
     paths = write_results(suite.measure(), out)
     click.echo("\n".join(str(path) for path in paths))
