@@ -154,6 +154,8 @@ def test_recipe_overrides_and_their_errors(tmp_path):
     recipe = load_recipe("cov-ctr-align", {"train.max_steps": "7", "train.warmup_steps": "0",
                                            "loss.pivot": "distill"})
     assert recipe.train.max_steps == 7 and recipe.loss.pivot == "distill"
+    switched = load_recipe("cov-ctr-align", {"train.amp": "off", "data.augment": "false"})
+    assert switched.train.amp == "off" and switched.data.augment is False
     with pytest.raises(ConfigError, match=r"loss\.pivot: Input should be 'contrastive' or"):
         load_recipe("cov-ctr-align", {"loss.pivot": "magic"})
     with pytest.raises(ConfigError, match=r"model\.text\.widht: Extra inputs are not permitted"):

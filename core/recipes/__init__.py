@@ -177,10 +177,15 @@ def _resolve_beside(data: dict[str, Any], path: Path) -> None:
 
 
 def _parse_value(value: str) -> Any:
+    """A --set value as YAML, except that only true/false are booleans: YAML 1.1 would turn
+    the `on`/`off`/`auto` switches (e.g. train.amp=off) into booleans the field refuses."""
     try:
-        return yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
     except yaml.YAMLError:
         return value
+    if isinstance(parsed, bool) and value.strip().lower() not in ("true", "false"):
+        return value
+    return parsed
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any, path: Path) -> None:
