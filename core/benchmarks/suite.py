@@ -265,22 +265,18 @@ class Benchmark:
 
         model = ReportModel.from_pretrained(self.model_dir(stage.recipe))
         records, _ = self._recipe_records(stage, model.modalities[0])
-        rows = evaluate_report_models({stage.recipe: model}, records, split=self.split).rows
-        return [{**row, "data": stage.recipe} for row in rows]
+        return evaluate_report_models({stage.recipe: model}, records, split=self.split).rows
 
     def _extra_diagnosis(self, stage: Stage) -> dict[str, object]:
-        """Zero-shot diagnosis with an extra alignment model, in each of its languages, with
-        the extra generators that decode from it as report models."""
+        """Zero-shot diagnosis from images with an extra alignment model, in each of its
+        languages, beside the probes and baselines (report-based scores would need every
+        tuning image's report, which the built-in blocks already pay for)."""
         from m3fm.generation import load
 
         modality = load(self.model_dir(stage.recipe)).modalities[0]
-        reporters = {}
-        for generator in self.extras:
-            if generator.align == stage.recipe:
-                reporters |= dict.fromkeys(generator.load({}).model.languages, generator.recipe)
         records, label = self._recipe_records(stage, modality)
         data = "+".join(source.path for source in stage.load({}).data.sources)
-        return self._diagnosis_on(data, records, modality, label, stage.recipe, reporters)
+        return self._diagnosis_on(data, records, modality, label, stage.recipe, {})
 
     def _diagnosis(self, folder: str, modality: str, label: str, model_recipe: str,
                    reporter_recipes: dict[str, str]) -> dict[str, object]:
