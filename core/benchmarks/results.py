@@ -44,6 +44,16 @@ def write_results(results: dict, out: Path) -> list[Path]:
     return [out / "results.json", out / "results.md", *written]
 
 
+def _extras_note(meta: dict) -> list[str]:
+    """A line naming the recipes added with --recipe, which read their own data."""
+    extras = meta.get("extra_recipes")
+    if not extras:
+        return []
+    names = ", ".join(f"`{name}`" for name in extras)
+    return [f"Added with `--recipe` (a plugin's recipes, measured on the data they read): "
+            f"{names}.", ""]
+
+
 def render_markdown(results: dict) -> str:
     """The whole report as markdown, tables through tabulate."""
     meta = results["meta"]
@@ -66,6 +76,7 @@ def render_markdown(results: dict) -> str:
         "Baselines are computed from the training split (most-frequent report; a random report "
         "of the image's diagnosis; the nearest training report in the shared space).",
         "",
+        *_extras_note(meta),
         _table(results["report"], ["language", "system", "n", *REPORT_METRICS]),
         "",
         "## Retrieval",

@@ -316,6 +316,7 @@ class Benchmark:
             "m3fm_version": __version__, "git_commit": provenance()["git_commit"],
             "hardware": hardware(), "date": time.strftime("%Y-%m-%d"),
             "models": {s.recipe: str(self.model_dir(s.recipe)) for s in self.stages},
+            "extra_recipes": [s.recipe for s in self.extras],
         }
 
 
