@@ -171,3 +171,19 @@ def test_generate_recipe_needs_an_alignment_source():
 )
 def test_a_report_cut_off_at_the_length_limit_loses_its_unfinished_sentence(lang, text, kept):
     assert without_unfinished_sentence(text, get_registry().language(lang)) == kept
+
+
+def test_a_language_without_finding_extractor_gets_no_clinical_scores(monkeypatch):
+    from m3fm.generation import evaluation
+    from m3fm.registry import get_registry
+
+    without = get_registry().language("en").model_copy(update={"extract_findings": None})
+
+    class OnlyThisLanguage:
+        def language(self, code):
+            return without
+
+    monkeypatch.setattr(evaluation, "get_registry", OnlyThisLanguage)
+    scores = evaluation.score_reports(["No pleural effusion."], ["No pleural effusion."], "en")
+    assert scores["BLEU-4"] > 0
+    assert {scores[name] for name in evaluation.CLINICAL_METRICS} == {None}

@@ -44,10 +44,14 @@ BASELINES = ("most-frequent", "random-same-label", "nearest-report")
 
 def score_reports(
     hypotheses: Sequence[str], references: Sequence[str], language: str
-) -> dict[str, float]:
-    """Overlap and clinical-efficacy scores, keyed by :data:`REPORT_METRICS`."""
+) -> dict[str, float | None]:
+    """Overlap and clinical-efficacy scores, keyed by :data:`REPORT_METRICS`; the clinical
+    ones are None for a language whose plugin has no finding extractor (optional in the API)."""
     spec = get_registry().language(language)
-    clinical = clinical_scores(hypotheses, references, spec)
+    if spec.extract_findings is None:
+        clinical = dict.fromkeys(CLINICAL_METRICS)
+    else:
+        clinical = clinical_scores(hypotheses, references, spec)
     return report_scores(hypotheses, references, spec) | {
         name: clinical[name] for name in CLINICAL_METRICS
     }

@@ -193,7 +193,8 @@ class GenerationTask:
         for pairs, reports in generate_for_sets(reporter, self.val_sets, self._val_images):
             scores = score_reports(reports, list(pairs.texts), pairs.language)
             for name in ("BLEU-4", "CIDEr-D", "CE-F1", "CE-F1-positive"):
-                metrics[f"{pairs.modality}/{pairs.language}/{name}"] = scores[name]
+                if scores[name] is not None:  # no clinical scores without an extractor
+                    metrics[f"{pairs.modality}/{pairs.language}/{name}"] = scores[name]
         return metrics
 
 
