@@ -210,17 +210,22 @@ class Benchmark:
             self._read[folder] = read_records(self.data / folder)
         return self._few_per_class(self._read[folder], modality, label)
 
-    def _recipe_records(self, stage: Stage, modality: str) -> tuple[list[Record], str]:
+    def _recipe_records(self, stage: Stage, modality: str,
+                        languages: Sequence[str] = ()) -> tuple[list[Record], str]:
         """The records of the data sources an extra recipe names (read once), and the label
-        they are diagnosed on."""
+        they are diagnosed on; with `languages`, only images reported in one of them."""
         from m3fm.data import read_sources
         from m3fm.diagnosis.evaluation import recorded_label
 
         key = f"recipe {stage.recipe}"
         if key not in self._read:
             self._read[key] = read_sources(stage.load({}).data.sources, self.data / stage.data)
-        label = recorded_label(modality, self._read[key])
-        return self._few_per_class(self._read[key], modality, label), label
+        records = self._read[key]
+        if languages:
+            reported = {r.image for r in records if r.language in languages}
+            records = [r for r in records if r.image in reported]
+        label = recorded_label(modality, records)
+        return self._few_per_class(records, modality, label), label
 
     def _few_per_class(self, records: list[Record], modality: str, label: str) -> list[Record]:
         from m3fm.diagnosis.evaluation import labelled_images
@@ -264,7 +269,7 @@ class Benchmark:
         from m3fm.generation.reporting import ReportModel
 
         model = ReportModel.from_pretrained(self.model_dir(stage.recipe))
-        records, _ = self._recipe_records(stage, model.modalities[0])
+        records, _ = self._recipe_records(stage, model.modalities[0], model.report_languages)
         return evaluate_report_models({stage.recipe: model}, records, split=self.split).rows
 
     def _extra_diagnosis(self, stage: Stage) -> dict[str, object]:
