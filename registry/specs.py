@@ -235,8 +235,9 @@ class LanguageSpec(_Spec):
             described = self.label_prompts[label]
             return list(described.positive), list(described.negative)
         if label not in self.finding_names:
-            kind = f"label for language {self.code!r}"
-            raise UnknownNameError(kind, label, list(self.finding_names))
+            raise UnknownNameError(f"label for language {self.code!r}:", label,
+                                   sorted({*self.finding_names, *self.label_prompts}),
+                                   listed_as="it names")
         finding = self.finding_names[label]
         return (
             [t.format(finding=finding) for t in self.positive_templates],
