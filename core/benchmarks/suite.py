@@ -217,9 +217,10 @@ class Benchmark:
         from m3fm.data import read_sources
         from m3fm.diagnosis.evaluation import recorded_label
 
-        key = f"recipe {stage.recipe}"
+        sources = stage.load({}).data.sources
+        key = f"{stage.data}: {sources}"  # a generator and its alignment recipe share a read
         if key not in self._read:
-            self._read[key] = read_sources(stage.load({}).data.sources, self.data / stage.data)
+            self._read[key] = read_sources(sources, self.data / stage.data)
         records = self._read[key]
         if languages:
             reported = {r.image for r in records if r.language in languages}
@@ -276,11 +277,10 @@ class Benchmark:
         """Zero-shot diagnosis from images with an extra alignment model, in each of its
         languages, beside the probes and baselines (report-based scores would need every
         tuning image's report, which the built-in blocks already pay for)."""
-        from m3fm.generation import load
-
-        modality = load(self.model_dir(stage.recipe)).modalities[0]
+        recipe = stage.load({})
+        modality = recipe.model.modalities[0]
         records, label = self._recipe_records(stage, modality)
-        data = "+".join(source.path for source in stage.load({}).data.sources)
+        data = "+".join(source.path for source in recipe.data.sources)
         return self._diagnosis_on(data, records, modality, label, stage.recipe, {})
 
     def _diagnosis(self, folder: str, modality: str, label: str, model_recipe: str,

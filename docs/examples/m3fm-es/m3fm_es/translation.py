@@ -2,8 +2,8 @@
 
 COV-CTR reports are chains of short clauses ("the thorax was symmetrical, the mediastinal
 heart shadow was centered, and no enlarged lymph nodes were seen in the mediastinum").  Each
-clause is looked up in ``data/clauses.tsv``; a report is translated only when every one of
-its clauses is there, so no Spanish text is guessed.
+clause is looked up in the plugin's clause pairs (``data/clauses.tsv``); a report is
+translated only when every one of its clauses is there, so no Spanish text is guessed.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from __future__ import annotations
 import re
 
 from m3fm.registry import get_registry
-from m3fm.sentence_pairs import read_sentence_pairs
 
-from .language import CLAUSES
+from . import language
 
 # A clause boundary and the Spanish that replaces it: "," and ";" (an "and" after them is
 # dropped or becomes "y"), and "and" before a new clause's subject.
@@ -34,7 +33,8 @@ class ClauseTranslator:
     """Translate English report text clause by clause with the hand-written table."""
 
     def __init__(self) -> None:
-        self.table = {english.lower(): spanish for english, spanish in read_sentence_pairs(CLAUSES)}
+        self.table = {english.lower(): spanish
+                      for english, spanish in language.SPEC.parallel_sentences}
         self.english = get_registry().language("en")
 
     def translate(self, report: str) -> str | None:
