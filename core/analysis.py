@@ -1,7 +1,7 @@
 """What `m3fm run` computes for many input files: reports, label probabilities, or both.
 
 Inputs are loaded, embedded and decoded in batches, one result per input.  An input that
-cannot be read becomes a result with its error, in its place; the others go on, so a batch job
+cannot be read becomes a result with its error at once; the others go on, so a batch job
 never loses finished work to one bad file.
 """
 
@@ -37,7 +37,8 @@ def analyse_inputs(
     decode: DecodeConfig | None = None,
 ) -> Iterator[dict[str, object]]:
     """Yield ``{"input", "modality", "language", "report"?, "diagnosis"?}`` or
-    ``{"input", "error"}`` per input, in input order, a batch (``decode.batch_size``) at a time.
+    ``{"input", "error"}`` per input: an error as soon as the input fails to load, the others
+    a batch (``decode.batch_size``) at a time, in input order.
 
     Everything that would fail for every input (a modality, language or label the model
     lacks; a report asked of an alignment-only model) is refused here, before any input is read.
@@ -65,30 +66,28 @@ def _results(
     spec = get_registry().modality(modality)
     for start in range(0, len(inputs), decode.batch_size):
         chunk = inputs[start:start + decode.batch_size]
-        results: dict[Path, dict[str, object]] = {}
         loaded = {}
         for path in chunk:
             try:
                 loaded[path] = preprocess(spec, path)
             except M3fmError as exc:
-                results[path] = {"input": str(path), "error": str(exc)}
-        if loaded:
-            embeddings = model.embed_images(list(loaded.values()), modality=modality)
-            reports = (model.reports_from_embeddings(embeddings, analysis.lang, decode,
-                                                     modality=modality)
-                       if needs_reports else [None] * len(loaded))
-            diagnoses = (_diagnoses(classifier, analysis.diagnosis_from, embeddings, reports)
-                         if classifier is not None else [None] * len(loaded))
-            for path, report, diagnosis in zip(loaded, reports, diagnoses, strict=True):
-                result: dict[str, object] = {"input": str(path), "modality": modality,
-                                             "language": analysis.lang}
-                if analysis.report:
-                    result["report"] = report
-                if diagnosis is not None:
-                    result["diagnosis"] = diagnosis
-                results[path] = result
-        for path in chunk:
-            yield results[path]
+                yield {"input": str(path), "error": str(exc)}  # at once, not after the batch
+        if not loaded:
+            continue
+        embeddings = model.embed_images(list(loaded.values()), modality=modality)
+        reports = (model.reports_from_embeddings(embeddings, analysis.lang, decode,
+                                                 modality=modality)
+                   if needs_reports else [None] * len(loaded))
+        diagnoses = (_diagnoses(classifier, analysis.diagnosis_from, embeddings, reports)
+                     if classifier is not None else [None] * len(loaded))
+        for path, report, diagnosis in zip(loaded, reports, diagnoses, strict=True):
+            result: dict[str, object] = {"input": str(path), "modality": modality,
+                                         "language": analysis.lang}
+            if analysis.report:
+                result["report"] = report
+            if diagnosis is not None:
+                result["diagnosis"] = diagnosis
+            yield result
 
 
 def _diagnoses(classifier: PromptClassifier, source: str, embeddings, reports) -> list[dict]:

@@ -65,18 +65,27 @@ class Embedder:
         self, images: Sequence[str | Path | torch.Tensor], modality: str | None = None,
         batch_size: int = 32,
     ) -> torch.Tensor:
-        """Embeddings (N, D) of image files or already preprocessed tensors of one modality."""
+        """Embeddings (N, D) of image files or already preprocessed tensors of one modality.
+
+        Inputs of different shapes (2D slices beside 3D volumes, volumes of different depth)
+        are batched by shape; the rows come back in input order.
+        """
         modality = self.modality(modality)
         spec = get_registry().modality(modality)
         tensors = [
             image if isinstance(image, torch.Tensor) else preprocess(spec, image)
             for image in images
         ]
-        out = []
-        for start in range(0, len(tensors), batch_size):
-            batch = torch.stack(tensors[start:start + batch_size]).to(self.device)
-            out.append(self.model.encode_image(modality, batch).float().cpu())
-        return torch.cat(out) if out else torch.empty(0, self.model.config.embed_dim)
+        out = torch.empty(len(tensors), self.model.config.embed_dim)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, tensor in enumerate(tensors):
+            by_shape.setdefault(tuple(tensor.shape), []).append(index)
+        for indices in by_shape.values():
+            for start in range(0, len(indices), batch_size):
+                part = indices[start:start + batch_size]
+                batch = torch.stack([tensors[i] for i in part]).to(self.device)
+                out[part] = self.model.encode_image(modality, batch).float().cpu()
+        return out
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str], lang: str, batch_size: int = 64) -> torch.Tensor:

@@ -108,6 +108,24 @@ CLI_FAILURES = (
         fix="Run the command again.",
     ),
     CliFailure(
+        catches="MemoryError",
+        exit_code=1,
+        cause="The machine (or the GPU: torch's OutOfMemoryError is reported the same way) ran "
+        "out of memory, usually from too many or too large inputs decoded at once.",
+        fix="Give fewer inputs at a time, lower the decoding batch size or the beam width, or "
+        "use a machine with more memory; inputs larger than M3FM_MAX_INPUT_MB are refused "
+        "before they are decoded.",
+    ),
+    CliFailure(
+        catches="OSError",
+        exit_code=1,
+        cause="The operating system refused a file operation that no m3fm check foresaw: the "
+        "disk filled up, a file is not readable or writable, a folder is missing.",
+        fix="The message names the file and the system's reason: free disk space, fix the "
+        "permissions or create the folder, then run the command again (training resumes with "
+        "--resume).",
+    ),
+    CliFailure(
         catches="Exception",
         exit_code=1,
         cause="Something m3fm did not foresee: a bug in m3fm or a plugin, or an environment "

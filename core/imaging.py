@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import functools
 import logging
+import stat
 import warnings
 from pathlib import Path
 
@@ -141,6 +142,9 @@ def preprocess(spec: ModalitySpec, path: str | Path) -> torch.Tensor:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
+    if not (path.is_file() or path.is_dir()):  # stat only: opening a FIFO would wait forever
+        raise InputError(f"{path}: is {_special_file_kind(path)}, not a file or folder; "
+                         "m3fm reads images only from regular files and folders")
     if not spec.accepts(path):
         raise InputError(_not_accepted_message(spec, path))
     try:
@@ -173,6 +177,13 @@ def preprocess(spec: ModalitySpec, path: str | Path) -> torch.Tensor:
             "nothing to encode"
         )
     return image
+
+
+def _special_file_kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((kind for test, kind in kinds if test(mode)), "a special file")
 
 
 def _not_accepted_message(spec: ModalitySpec, path: Path) -> str:

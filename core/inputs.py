@@ -31,7 +31,8 @@ def collect_inputs(spec: ModalitySpec, paths: Iterable[Path]) -> list[Path]:
         if not path.is_dir() or (spec.accepts_directories and is_dicom_series(path)):
             inputs[path] = None
             continue
-        found = sorted(p for p in path.rglob("*") if p.is_file() and spec.accepts(p))
+        # Not only regular files: a pipe or socket named like an image is reported, not skipped.
+        found = sorted(p for p in path.rglob("*") if not p.is_dir() and spec.accepts(p))
         for file in found or [path]:  # an empty folder stays, to be reported as an error
             inputs[file] = None
     return list(inputs)

@@ -60,7 +60,7 @@ def test_plugins_list_shows_a_spec_failing_the_kit_as_incompatible(capsys, monke
     [row] = [row for row in json.loads(out) if row["name"] == "xw"]
     assert code == 0 and row["plugin"] == "misfit"
     assert row["status"].startswith("incompatible: normalize is idempotent: normalising ")
-    monkeypatch.setattr(m3fm.cli.console, "width", 300)  # one line per row
+    monkeypatch.setattr(m3fm.cli.app.console, "width", 300)  # one line per row
     code, out, _ = run_cli(capsys, "plugins", "list")
     [line] = [line for line in out.splitlines() if line.startswith("│ xw ")]
     assert code == 0 and line.rstrip(" │").endswith(row["status"])
@@ -119,7 +119,7 @@ def test_unexpected_errors_are_one_line_without_traceback(capsys, monkeypatch):
     def explode(*args, **kwargs):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(m3fm.cli, "get_registry", explode)
+    monkeypatch.setattr(m3fm.cli.plugins, "get_registry", explode)
     code, _, err = run_cli(capsys, "plugins", "list")
     assert code == 1
     assert_one_line_error(err, "internal error: ZeroDivisionError: boom", "M3FM_DEBUG=1")

@@ -30,6 +30,15 @@ SETTINGS = ("zeroshot", "fewshot", "supervised")
 """Report-generation settings: how many CT images paired with their reports the generator saw."""
 
 
+class BenchmarkError(M3fmError):
+    """One step of the benchmark (training a recipe, or measuring a table) failed.
+
+    Fix: the message names the recipe and data set and gives the cause; fix that and run the
+    same command again: trained models are reused, an interrupted training is resumed, and the
+    tables measured before the failure are already in the results folder.
+    """
+
+
 @dataclass(frozen=True)
 class Stage:
     """One model to train: its recipe, its data folder under ``--data``, and the alignment
@@ -149,8 +158,12 @@ class Benchmark:
             self.notify(f"{'resuming' if resume else 'training'} {stage.recipe} in {out}")
             recipe = stage.load(self._overrides(stage))
             started = time.perf_counter()
-            train_recipe(recipe, self.data / stage.data, out, resume=resume,
-                         notify=self.notify)
+            try:
+                train_recipe(recipe, self.data / stage.data, out, resume=resume,
+                             notify=self.notify)
+            except M3fmError as exc:
+                raise BenchmarkError(f"training {stage.recipe} on {self.data / stage.data} "
+                                     f"failed: {exc}") from exc
             self.timings[f"train {stage.recipe}"] = time.perf_counter() - started
 
     def _reusable(self, stage: Stage) -> bool:
@@ -175,24 +188,52 @@ class Benchmark:
             overrides |= QUICK_OVERRIDES[kind] | QUICK_OVERRIDES["both"]
         return overrides
 
-    def measure(self) -> dict[str, object]:
-        """Every table, as JSON-ready data (see :mod:`m3fm.benchmarks.results`)."""
-        results: dict[str, object] = {"meta": self._meta()}
-        results["report"] = self._timed("report generation", self._report_generation)
-        results["retrieval"] = self._timed("retrieval", self._retrieval)
+    def measure(self, publish: Callable[[dict], None] = lambda results: None
+                ) -> dict[str, object]:
+        """Every table, as JSON-ready data (see :mod:`m3fm.benchmarks.results`).
+
+        `publish` gets the results after each table, so that the tables measured before a
+        failure are kept; the failure is raised as a BenchmarkError naming what failed.
+        """
+        results: dict[str, object] = {"meta": self._meta(), "report": [], "retrieval": [],
+                                      "diagnosis": []}
         trained = {stage.recipe for stage in self.stages}
-        results["diagnosis"] = [
-            self._timed(f"diagnosis {entry[0]} with {entry[3]}", self._diagnosis, *entry)
-            for entry in DIAGNOSIS_SETS if entry[3] in trained]
+        generators = ", ".join(s.recipe for s in self.stages
+                               if s.recipe.startswith("cov-ctr-") and s.align is not None)
+        steps: list[tuple[str, str, Callable, tuple]] = [
+            ("report", f"report generation on cov-ctr with {generators}",
+             self._report_generation, ()),
+            ("retrieval", "retrieval on " + ", ".join(f"{data} with {recipe}"
+                                                      for data, recipe in RETRIEVAL_SETS),
+             self._retrieval, ()),
+            *(("diagnosis", f"diagnosis on {entry[0]} with {entry[3]}", self._diagnosis, entry)
+              for entry in DIAGNOSIS_SETS if entry[3] in trained),
+        ]
         for stage in self.extras:
             if stage.align is not None:
-                results["report"] += self._timed(f"report generation {stage.recipe}",
-                                                 self._extra_reports, stage)
+                steps.append(("report", f"report generation with {stage.recipe} on its data",
+                              self._extra_reports, (stage,)))
             else:
-                results["diagnosis"].append(self._timed(f"diagnosis with {stage.recipe}",
-                                                        self._extra_diagnosis, stage))
-        results["meta"]["timings_s"] = {k: round(v, 1) for k, v in self.timings.items()}
+                steps.append(("diagnosis", f"diagnosis with {stage.recipe} on its data",
+                              self._extra_diagnosis, (stage,)))
+        for key, name, work, args in steps:
+            try:
+                table = self._timed(name, work, *args)
+            except Exception as exc:
+                results["meta"]["failed"] = f"{name}: {type(exc).__name__}: {exc}"
+                self._publish(results, publish)
+                raise BenchmarkError(f"{name} failed ({_one_line(exc)}); the tables measured "
+                                     "before it are written") from exc
+            if key == "diagnosis":
+                results[key].append(table)
+            else:
+                results[key] += table
+            self._publish(results, publish)
         return results
+
+    def _publish(self, results: dict, publish: Callable[[dict], None]) -> None:
+        results["meta"]["timings_s"] = {k: round(v, 1) for k, v in self.timings.items()}
+        publish(results)
 
     def _timed(self, name: str, work: Callable, *args):
         self.notify(f"measuring {name}")
@@ -332,3 +373,7 @@ def hardware() -> str:
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
     return text + f", torch {torch.__version__}"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

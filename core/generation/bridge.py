@@ -40,10 +40,16 @@ class MemoryBank:
 
     def project(self, queries: torch.Tensor, language: str, temperature: float,
                 modality: str | None = None) -> torch.Tensor:
-        """Softmax(cosine / temperature)-weighted means of the bank, L2-normalised."""
+        """Softmax(cosine / temperature)-weighted means of the bank, L2-normalised.
+
+        The best similarity is subtracted before dividing, so that a tiny temperature gives
+        the nearest report (a one-hot softmax) instead of overflowing to inf - inf = NaN.
+        """
         key = f"{modality}/{language}"
         bank = self.embeddings.get(key, self.embeddings[language]).to(queries.device)
-        weights = torch.softmax(queries @ bank.T / temperature, dim=-1)
+        similarities = queries @ bank.T
+        similarities = similarities - similarities.amax(dim=-1, keepdim=True)
+        weights = torch.softmax(similarities / temperature, dim=-1)
         return F.normalize(weights @ bank, dim=-1)
 
     def save(self, directory: Path) -> None:

@@ -1,0 +1,71 @@
+"""The `m3fm` command group and what every verb shares: consoles, JSON and table output.
+
+Each verb lives in a module of this package by what it works on (plugins, inputs, the report
+model, training, evaluation); :mod:`m3fm.cli` imports them all and runs them.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from m3fm import __version__
+from m3fm.outputs import json_text
+from m3fm.registry import PLUGIN_API_VERSION
+
+console = Console()
+err_console = Console(stderr=True)
+
+PathArg = click.Path(path_type=Path)
+
+
+def print_json(payload: object) -> None:
+    click.echo(json_text(payload, indent=2))
+
+
+def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    shown = Table(title=title, title_justify="left")
+    for column in columns:
+        shown.add_column(column, overflow="fold")
+    for row in rows:
+        shown.add_row(*row)
+    console.print(shown)
+
+
+def cells(rows: list[dict], columns: list[str]) -> list[list[str]]:
+    """Table cells: floats to 3 decimals, None as n/a."""
+    return [["n/a" if row[c] is None else f"{row[c]:.3f}" if isinstance(row[c], float)
+             else str(row[c]) for c in columns] for row in rows]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="m3fm")
+def cli() -> None:
+    """m3fm: medical foundation models across imaging domains and report languages.
+
+    Modalities (cxr, ct, ...) and languages (en, zh, ...) are plugins; `m3fm plugins list`
+    shows what is installed.
+    """
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def version(as_json: bool) -> None:
+    """Show the versions of m3fm, its plugin API and the runtime."""
+    import torch
+
+    info = {
+        "m3fm": __version__,
+        "plugin_api": PLUGIN_API_VERSION,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if as_json:
+        print_json(info)
+    else:
+        click.echo(" ".join(f"{key}={value}" for key, value in info.items()))

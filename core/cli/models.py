@@ -1,0 +1,53 @@
+"""Loading the model a verb works with, and the decoding options verbs share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from m3fm.registry import UsageError
+
+
+def decoding(default, bridge: str | None, beams: int | None, temperature: float | None):
+    """`default` (a DecodeConfig) with the decoding options given on the command line.
+
+    Validated like a recipe's decoding section, so a value the config refuses (a NaN
+    temperature, a beam too wide to fit in memory) is a usage error instead of garbage.
+    """
+    from m3fm.validation import describe_validation_error
+
+    changes = {"bridge": bridge, "num_beams": beams, "memory_temperature": temperature}
+    given = {key: value for key, value in changes.items() if value is not None}
+    try:
+        return type(default).model_validate({**default.model_dump(), **given})
+    except ValidationError as exc:
+        raise UsageError(f"decoding option: {describe_validation_error(exc)}") from None
+
+
+def load_model(checkpoint: Path | None, reports: bool):
+    """The model in `checkpoint` (the bundled default when None); a report model if `reports`."""
+    if reports or checkpoint is None:
+        return report_model(checkpoint)
+    if not checkpoint.is_dir():
+        raise UsageError(f"--checkpoint {checkpoint}: no such directory")
+    from m3fm.generation import load
+
+    return load(checkpoint)
+
+
+def report_model(checkpoint: Path | None):
+    """The report model in `checkpoint`, or the bundled default."""
+    from m3fm.generation.reporting import ReportModel, is_report_model
+    from m3fm.models import default_model_dir
+
+    if checkpoint is None:
+        checkpoint = default_model_dir()
+    elif not checkpoint.is_dir():
+        raise UsageError(f"--checkpoint {checkpoint}: no such directory")
+    elif not is_report_model(checkpoint):
+        raise UsageError(
+            f"--checkpoint {checkpoint}: not a report model (an alignment checkpoint cannot "
+            "write reports; train a `generate` recipe)"
+        )
+    return ReportModel.from_pretrained(checkpoint)

@@ -1,0 +1,188 @@
+"""`m3fm run` and `m3fm embed`: the model applied to the user's inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import click
+
+from m3fm.cli.app import PathArg, cli
+from m3fm.cli.models import decoding, load_model
+from m3fm.cli.results import Tally, emit_results
+from m3fm.diagnosis import SOURCES
+from m3fm.generation import DecodeConfig
+from m3fm.outputs import ResultsFile, check_output_path, json_text, shown_path, write_failure
+from m3fm.registry import M3fmError, UsageError, get_registry
+
+
+@cli.command()
+@click.option("--plugin", "modality", required=True, help="Modality plugin, e.g. ct or cxr.")
+@click.option("--lang", "language", default="en", show_default=True,
+              help="Report language, e.g. en or zh.")
+@click.option("--checkpoint", type=PathArg,
+              help="Report-model directory; default: the bundled m3fm-small model.")
+@click.option("--out", type=PathArg,
+              help="Also write one JSON object per input to this JSON Lines file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines instead of text.")
+@click.option("--bridge", type=click.Choice(["memory", "noise"]),
+              help="How image embeddings cross to the text side; default: the model's.")
+@click.option("--beams", type=click.IntRange(min=1), help="Beam width; 1 is greedy.")
+@click.option("--memory-temperature", type=click.FloatRange(min=0, min_open=True),
+              help="Softmax temperature of the memory bridge; default: the model's.")
+@click.option("--labels", metavar="LABEL,...",
+              help="Diagnosis labels to score; default: every label of the modality.")
+@click.option("--no-diagnosis", is_flag=True, help="Write reports only.")
+@click.option("--diagnosis-from", type=click.Choice(SOURCES), default="image",
+              show_default=True, help="Read label probabilities from the image, the written "
+              "report, or the mean of both.")
+@click.option("--no-report", is_flag=True,
+              help="Diagnosis only; an alignment-only --checkpoint is then enough.")
+@click.argument("paths", nargs=-1, required=True, type=PathArg)
+def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
+        as_json: bool, bridge: str | None, beams: int | None,
+        memory_temperature: float | None, labels: str | None, no_diagnosis: bool,
+        diagnosis_from: str, no_report: bool, paths: tuple[Path, ...]) -> None:
+    """Write a report in --lang and zero-shot label probabilities for each image, DICOM
+    file, NIfTI volume or folder in PATHS.
+
+    Inputs are processed in batches. An input that cannot be read is reported in its place and
+    the others go on; the exit code is 1 only when no input could be processed.
+    """
+    from m3fm.analysis import Analysis, analyse_inputs
+    from m3fm.diagnosis.zeroshot import resolve_labels
+    from m3fm.inputs import collect_inputs
+    from m3fm.progress import track
+
+    if no_report and no_diagnosis:
+        raise UsageError("--no-report with --no-diagnosis leaves nothing to do")
+    registry = get_registry()
+    spec = registry.modality(modality)
+    registry.language(language)
+    chosen = () if no_diagnosis else resolve_labels(modality, _split_labels(labels))
+    analysis = Analysis(modality, language, report=not no_report, labels=chosen,
+                        diagnosis_from=diagnosis_from)
+    with contextlib.ExitStack() as stack:
+        # --out is checked and locked before the model loads: a bad path fails in a second
+        sink = stack.enter_context(ResultsFile(out)) if out is not None else None
+        model = load_model(checkpoint, reports=analysis.report or diagnosis_from != "image")
+        decode = decoding(getattr(model, "decode", DecodeConfig()), bridge, beams,
+                          memory_temperature)
+        inputs = collect_inputs(spec, paths)
+        results = analyse_inputs(model, inputs, analysis, decode)
+        tally = emit_results(track(results, "analysing inputs", total=len(inputs)), out=sink,
+                             as_json=as_json, render=_as_text)
+    if tally.failed == tally.done:
+        raise M3fmError(f"no input could be processed ({tally.failed} failed)")
+
+
+def _split_labels(labels: str | None) -> list[str] | None:
+    return None if labels is None else [label.strip() for label in labels.split(",") if label]
+
+
+def _as_text(result: dict) -> str:
+    """One input's result for people: its path, its report, then one line per label."""
+    lines = [result["input"]]
+    if "report" in result:
+        lines.append(result["report"])
+    lines += [f"  {label}: {p:.3f}" for label, p in result.get("diagnosis", {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path, exists=True),
+              help="Model directory.")
+@click.option("--plugin", "modality", help="Modality of the images in PATHS.")
+@click.option("--lang", "language", help="Language of the reports in --texts.")
+@click.option("--texts", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="A text file with one report per line, embedded instead of images.")
+@click.option("--out", type=PathArg, help="Write a .safetensors file instead of JSON Lines.")
+@click.argument("paths", nargs=-1, type=PathArg)
+def embed(checkpoint: Path, modality: str | None, language: str | None, texts: Path | None,
+          out: Path | None, paths: tuple[Path, ...]) -> None:
+    """Embed images (PATHS) or reports (--texts with --lang) into the shared space.
+
+    Vectors are L2-normalised. Images that fail to load are reported and left out; the exit
+    code is then 1, after the others are written.
+    """
+    from m3fm.generation import load
+
+    if bool(paths) == bool(texts):
+        raise UsageError("give either image PATHS or --texts FILE")
+    if texts is not None and language is None:
+        raise UsageError("--texts needs --lang")
+    if out is not None:
+        check_output_path(out)
+    embedder = load(checkpoint)
+    if texts is not None:
+        inputs = [line for line in texts.read_text(encoding="utf-8").splitlines() if line.strip()]
+        results = [{"input": item, "embedding": vector} for item, vector in
+                   zip(inputs, embedder.embed_texts(inputs, lang=language).tolist(), strict=True)]
+    else:
+        results = _embedded_files(embedder, modality, paths)
+    if out is None:
+        tally = emit_results(results, out=None, as_json=True, render=None)
+    else:
+        tally = _save_embeddings(results, out)
+    if tally.failed:
+        sys.exit(1)
+
+
+def _embedded_files(embedder, modality: str | None, paths: tuple[Path, ...]) -> Iterator[dict]:
+    """``{"input", "embedding"}`` or ``{"input", "error"}`` per image, a batch at a time."""
+    from m3fm.imaging import preprocess
+    from m3fm.inputs import collect_inputs
+    from m3fm.progress import track
+
+    modality = embedder.modality(modality)
+    spec = get_registry().modality(modality)
+    inputs = collect_inputs(spec, paths)
+    loaded: dict[Path, object] = {}
+    for number, path in enumerate(track(inputs, "embedding"), start=1):
+        try:
+            loaded[path] = preprocess(spec, path)
+        except M3fmError as exc:
+            yield {"input": str(path), "error": str(exc)}
+        if len(loaded) == EMBED_BATCH or (number == len(inputs) and loaded):
+            vectors = embedder.embed_images(list(loaded.values()), modality=modality)
+            for item, vector in zip(loaded, vectors.tolist(), strict=True):
+                yield {"input": str(item), "embedding": vector}
+            loaded.clear()
+
+
+EMBED_BATCH = 32
+"""Images embedded together; their vectors are printed before the next batch loads."""
+
+
+def _save_embeddings(results: Iterable[dict], out: Path) -> Tally:
+    """All vectors in one .safetensors file, written atomically (a crash leaves no half
+    file); failed inputs are reported on stderr as they come."""
+    import torch
+    from safetensors.torch import save_file
+
+    kept: list[dict] = []
+
+    def keep(results: Iterable[dict]) -> Iterator[dict]:
+        for result in results:
+            if "error" not in result:
+                kept.append(result)
+            yield result
+
+    tally = emit_results(keep(results), out=None, as_json=False, render=None)
+    if not kept:
+        raise M3fmError(f"no input could be embedded ({tally.failed} failed); {out} not written")
+    vectors = torch.tensor([result["embedding"] for result in kept], dtype=torch.float32)
+    inputs = [result["input"] for result in kept]
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        save_file({"embeddings": vectors}, str(partial), metadata={"inputs": json_text(inputs)})
+        os.replace(partial, out)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise write_failure(error, out, 0) from None
+    click.echo(f"wrote {len(inputs)} embeddings of dimension {vectors.shape[1]} to "
+               f"{shown_path(out)}")
+    return tally
