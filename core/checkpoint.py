@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_model
 
 import m3fm
 from m3fm.registry.errors import M3fmError
@@ -29,6 +30,7 @@ from m3fm.registry.errors import M3fmError
 WEIGHTS_NAME = "model.safetensors"
 METADATA_NAME = "metadata.json"
 LATEST_NAME = "latest"
+DAMAGED = "the checkpoint is damaged: re-download it or retrain it"
 _STEP_NAME = re.compile(r"step-(\d+)")
 
 
@@ -37,7 +39,8 @@ class CheckpointError(M3fmError):
 
     Fix: point at a complete folder written by m3fm (a run's ``final/`` or one of its
     ``checkpoints/step-N/``), made by this version for the same model settings; retrain if the
-    model changed since.
+    model changed since.  A file the message calls damaged cannot be repaired: download the
+    checkpoint again or retrain it.
     """
 
 
@@ -70,6 +73,10 @@ def load_model_weights(
         raise CheckpointError(f"no {WEIGHTS_NAME} in {directory}")
     try:
         missing, unexpected = load_model(model, weights, strict=False, device=str(device))
+    except SafetensorError as error:
+        raise CheckpointError(
+            f"{weights}: not a complete safetensors file ({error}); {DAMAGED}"
+        ) from None
     except (RuntimeError, OSError) as error:
         detail = str(error).strip().splitlines()[-1].strip()
         raise CheckpointError(f"cannot load {weights}: {detail}") from None
@@ -82,11 +89,39 @@ def load_model_weights(
 
 def read_metadata(directory: Path) -> dict[str, Any]:
     """The ``metadata.json`` of a checkpoint directory."""
-    path = Path(directory) / METADATA_NAME
+    return read_json_object(Path(directory) / METADATA_NAME)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in a checkpoint file; a damaged file is named with what is wrong.
+
+    Libraries would report an empty or binary file as a decoding error deep in their code.
+    """
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"cannot read {path}: {error}") from None
+        found = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read it ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        problem = f"not text (byte {error.start} is not UTF-8)"
+    except json.JSONDecodeError as error:
+        where = f"{error.msg}, line {error.lineno}"
+        problem = f"not JSON ({where})" if error.doc.strip() else "empty"
+    else:
+        if isinstance(found, dict):
+            return found
+        problem = f"a JSON {type(found).__name__}, not an object"
+    raise CheckpointError(f"{path}: {problem}; {DAMAGED}")
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (which holds data only, never code), or one line
+    naming the file when it is cut short or not safetensors at all."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as error:
+        raise CheckpointError(
+            f"{path}: not a complete safetensors file ({error}); {DAMAGED}"
+        ) from None
 
 
 def provenance() -> dict[str, Any]:

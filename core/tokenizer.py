@@ -51,6 +51,7 @@ from tokenizers.processors import TemplateProcessing
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from m3fm.registry import InputError
+from m3fm.safe_loading import check_checkpoint_folder
 
 __all__ = ["SPECIAL_TOKENS", "decode_report", "load_tokenizer", "train_tokenizer"]
 
@@ -121,11 +122,17 @@ def train_tokenizer(
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     """Load a tokenizer saved with ``save_pretrained`` (or a hub id, when online).
 
-    A missing folder raises InputError naming it, instead of the hub lookup error that
-    `transformers` gives for a path it does not find.
+    Code that comes with a tokenizer is never run, and a folder is checked first and read
+    without network (see :mod:`m3fm.safe_loading`).  A missing folder raises InputError naming
+    it, instead of the hub lookup error that `transformers` gives for a path it does not find.
     """
+    local = Path(path).is_dir()
+    if local:
+        check_checkpoint_folder(Path(path))
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(
+            str(path), trust_remote_code=False, local_files_only=local
+        )
     except (OSError, ValueError) as error:
         raise InputError(
             f"{path}: no tokenizer there (not a folder with tokenizer files, nor a reachable "

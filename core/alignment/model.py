@@ -4,7 +4,7 @@ Image encoders come from the modality plugins' factories (looked up by name in t
 the text encoder from transformers.  A checkpoint is a Hugging Face-style directory:
 ``config.json`` (:class:`AlignModelConfig`), ``model.safetensors``, the tokenizer files and
 ``text_encoder/config.json`` (the transformers config, so the text tower is rebuilt without
-fetching anything).
+fetching anything).  Loading runs no code from the checkpoint: see :mod:`m3fm.safe_loading`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from torch import nn
-from transformers import AutoConfig, AutoModel, BertConfig, PreTrainedTokenizerFast
+from transformers import CONFIG_MAPPING, AutoModel, BertConfig, PreTrainedTokenizerFast
 
 from m3fm.alignment.config import AlignModelConfig
+from m3fm.checkpoint import CheckpointError, load_model_weights, read_json_object
 from m3fm.registry import EncoderOptions, InputError, get_registry
+from m3fm.safe_loading import check_checkpoint_folder
 from m3fm.tokenizer import load_tokenizer
 from m3fm.validation import describe_validation_error
 
@@ -125,8 +127,10 @@ class MultiMedCLIP(nn.Module):
         for required in (CONFIG_FILE, WEIGHTS_FILE, TEXT_ENCODER_DIR):
             if not (path / required).exists():
                 raise InputError(f"{path}: not an m3fm alignment checkpoint (no {required})")
+        check_checkpoint_folder(path)
         try:
-            config = AlignModelConfig.model_validate_json((path / CONFIG_FILE).read_text())
+            config_text = (path / CONFIG_FILE).read_text(encoding="utf-8")
+            config = AlignModelConfig.model_validate_json(config_text)
         except ValidationError as exc:
             problem = describe_validation_error(exc)
             raise InputError(f"{path / CONFIG_FILE}: incompatible config: {problem}") from exc
@@ -134,14 +138,9 @@ class MultiMedCLIP(nn.Module):
         config = config.model_copy(update={
             "image": config.image.model_copy(update={"pretrained": False, "weights": None}),
         })
-        text_encoder = AutoModel.from_config(AutoConfig.from_pretrained(path / TEXT_ENCODER_DIR))
+        text_encoder = _saved_text_encoder(path / TEXT_ENCODER_DIR / CONFIG_FILE)
         model = cls(config, load_tokenizer(path), text_encoder=text_encoder)
-        missing, unexpected = load_model(model, str(path / WEIGHTS_FILE), strict=False)
-        if missing or unexpected:
-            raise InputError(
-                f"{path / WEIGHTS_FILE}: weights do not fit the config "
-                f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
-            )
+        load_model_weights(model, path)
         return model.eval()
 
 
@@ -158,7 +157,12 @@ def resize_to_input(images: torch.Tensor, size: int | None) -> torch.Tensor:
 def _new_text_encoder(config: AlignModelConfig, tokenizer: PreTrainedTokenizerFast) -> nn.Module:
     text = config.text
     if text.pretrained:
-        return AutoModel.from_pretrained(text.pretrained)
+        local = Path(text.pretrained).is_dir()
+        if local:
+            check_checkpoint_folder(Path(text.pretrained))
+        return AutoModel.from_pretrained(
+            text.pretrained, trust_remote_code=False, local_files_only=local, weights_only=True
+        )
     # Built like a reloaded checkpoint (from_config, pooler included though unused), so that
     # saving and loading see the same parameters whatever the encoder.
     return AutoModel.from_config(
@@ -172,5 +176,20 @@ def _new_text_encoder(config: AlignModelConfig, tokenizer: PreTrainedTokenizerFa
             attention_probs_dropout_prob=text.dropout,
             max_position_embeddings=text.max_length,
             pad_token_id=tokenizer.pad_token_id,
-        )
+        ),
+        trust_remote_code=False,
     )
+
+
+def _saved_text_encoder(config_file: Path) -> nn.Module:
+    """The (untrained) text tower a checkpoint describes, built by transformers' own class for
+    its ``model_type``: nothing the checkpoint names is imported."""
+    settings = read_json_object(config_file)
+    model_type = settings.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise CheckpointError(
+            f"{config_file}: model_type {model_type!r} is not a text model this version of "
+            "transformers has; re-download the checkpoint or upgrade transformers"
+        )
+    config = CONFIG_MAPPING[model_type].from_dict(settings)
+    return AutoModel.from_config(config, trust_remote_code=False)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from m3fm.checkpoint import read_safetensors
 from m3fm.generation.config import DecodeConfig
 from m3fm.registry import InputError
 
@@ -62,7 +63,7 @@ class MemoryBank:
         path = directory / BANK_FILE
         if not path.is_file():
             raise InputError(f"{directory}: not an m3fm report model (no {BANK_FILE})")
-        return cls(load_file(str(path)))
+        return cls(read_safetensors(path))
 
 
 def bridge(

@@ -28,6 +28,7 @@ from m3fm.generation.bridge import MemoryBank, bridge
 from m3fm.generation.config import DecodeConfig, GeneratorConfig
 from m3fm.generation.model import MultiMedLM
 from m3fm.registry import InputError, LanguageSpec, get_registry
+from m3fm.safe_loading import check_checkpoint_folder
 from m3fm.tokenizer import decode_report
 from m3fm.validation import describe_validation_error
 
@@ -108,14 +109,18 @@ class ReportModel(Embedder):
     def from_pretrained(
         cls, path: str | Path, device: str | torch.device | None = None
     ) -> ReportModel:
-        """Load a report-model directory; missing or incompatible parts are one-line errors."""
+        """Load a report-model directory; missing or incompatible parts are one-line errors.
+
+        Runs no code from the directory: see :mod:`m3fm.safe_loading`.
+        """
         path = Path(path)
         config_file = path / CONFIG_FILE
         if not is_report_model(path) or not config_file.is_file():
             raise InputError(f"{path}: not an m3fm report model (needs {CONFIG_FILE} and "
                              f"{ALIGN_DIR}/)")
+        check_checkpoint_folder(path)
         try:
-            config = ReportModelConfig.model_validate_json(config_file.read_text())
+            config = ReportModelConfig.model_validate_json(config_file.read_text(encoding="utf-8"))
         except ValidationError as exc:
             raise InputError(
                 f"{config_file}: incompatible config: {describe_validation_error(exc)}"

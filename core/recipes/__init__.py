@@ -153,9 +153,9 @@ def load_recipe(
         raise ConfigError(f"{path}: cannot read recipe: {' '.join(str(exc).split())}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections")
+    _resolve_beside(data, path)
     for key, value in (overrides or {}).items():
         _set_path(data, key, _parse_value(value), path)
-    _resolve_beside(data, path)
     stage = data.get("stage")
     if stage not in RECIPE_STAGES:
         raise ConfigError(f"{path}: stage must be one of {', '.join(RECIPE_STAGES)}, got {stage!r}")
@@ -167,13 +167,24 @@ def load_recipe(
 
 def _resolve_beside(data: dict[str, Any], path: Path) -> None:
     """Let a recipe file name its alignment recipe by a path relative to itself, so recipes
-    shipped together (as a plugin's are) work from any working directory."""
+    shipped together (as a plugin's are) work from any working directory.
+
+    A recipe names a shipped recipe or a file in its own folder, never one elsewhere: a recipe
+    from someone else reads nothing outside what it came with.  A ``--set`` value is the
+    user's own and is applied afterwards, as a path from the working directory.
+    """
     align = data.get("align")
     if not isinstance(align, dict) or not isinstance(align.get("recipe"), str):
         return
-    beside = path.parent / align["recipe"]
-    if align["recipe"] not in available_recipes() and beside.is_file():
-        align["recipe"] = str(beside)
+    name = align["recipe"]
+    if name in available_recipes():
+        return
+    if not (path.parent / name).resolve().is_relative_to(path.parent.resolve()):
+        raise ConfigError(
+            f"{path}: align.recipe {name!r} is outside the recipe's folder; name a shipped "
+            "recipe or a file beside this one"
+        )
+    align["recipe"] = str(path.parent / name)
 
 
 def _parse_value(value: str) -> Any:
