@@ -188,7 +188,7 @@ def test_an_existing_run_is_never_overwritten(tmp_path, straight_run):
         train(toy_task(), toy_config(), straight_run[2])
     assert_one_line(error)
     with pytest.raises(RuntimeError):
-        train(toy_task(crash_at_step=2), toy_config(), tmp_path)  # dies before its first save
+        train(toy_task(crash_at_step=6), toy_config(save_every=4), tmp_path)  # saved step 4
     with pytest.raises(M3fmError, match="a started training run"):
         train(toy_task(), toy_config(), tmp_path)
 

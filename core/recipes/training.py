@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from m3fm.recipes import AlignRecipe, GenerateRecipe, load_recipe
 from m3fm.training import FINAL_DIR, TrainResult
 from m3fm.training import train as run_training
 from m3fm.training.distributed import Ranks
+from m3fm.training.loop import hold_run_directory
 
 
 def train_recipe(
@@ -21,12 +23,21 @@ def train_recipe(
     """Train `recipe` on `data_dir` into the run directory `out` (``OUT/final`` at the end).
 
     A generate recipe without ``align.checkpoint`` first trains (or reuses) its alignment
-    recipe in ``OUT/align``; `notify` hears about that.
+    recipe in ``OUT/align``; `notify` hears about that.  `out` is held for the whole call, so a
+    second process given it is refused before it reads any data.
     """
     ranks = ranks or Ranks.from_environment()
-    if isinstance(recipe, AlignRecipe):
-        return _train_alignment(recipe, data_dir, out, resume, ranks)
-    return _train_generator(recipe, data_dir, out, resume, ranks, notify)
+    with hold_run_directory(out, ranks):
+        if isinstance(recipe, AlignRecipe):
+            return _train_alignment(recipe, data_dir, out, resume, ranks)
+        return _train_generator(recipe, data_dir, out, resume, ranks, notify)
+
+
+def _batch_settings(recipe: AlignRecipe | GenerateRecipe) -> dict[str, Any]:
+    """The recipe's data settings that decide the batches (all but the validation split), by
+    their ``--set`` names: a resumed run must keep them."""
+    data = recipe.data.model_dump(mode="json", exclude={"val_split"})
+    return {f"data.{name}": value for name, value in data.items()}
 
 
 def _train_alignment(recipe: AlignRecipe, data_dir: Path, out: Path, resume: bool,
@@ -34,7 +45,8 @@ def _train_alignment(recipe: AlignRecipe, data_dir: Path, out: Path, resume: boo
     from m3fm.alignment.task import AlignmentTask
 
     task = AlignmentTask(recipe, data_dir, rank=ranks.rank, world_size=ranks.world_size)
-    return run_training(task.training_task(str(data_dir)), recipe.train, out, resume=resume)
+    return run_training(task.training_task(str(data_dir)), recipe.train, out, resume=resume,
+                        batch_settings=_batch_settings(recipe))
 
 
 def _train_generator(recipe: GenerateRecipe, data_dir: Path, out: Path, resume: bool,
@@ -54,4 +66,4 @@ def _train_generator(recipe: GenerateRecipe, data_dir: Path, out: Path, resume: 
     task = GenerationTask(recipe, data_dir, align_dir, rank=ranks.rank,
                           world_size=ranks.world_size)
     return run_training(task.training_task(str(data_dir), align_dir), recipe.train, out,
-                        resume=resume)
+                        resume=resume, batch_settings=_batch_settings(recipe))

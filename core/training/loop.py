@@ -14,14 +14,20 @@ A run in ``OUT`` leaves::
 continue from, and the copy is a self-contained directory that survives being moved, uploaded
 to a hub or read on a file system without links; it leaves out the optimiser state, which is
 twice the size of the model and useless for inference.
+
+One process trains in ``OUT`` at a time: rank 0 holds ``lock_directory(OUT)`` for the whole run,
+so a second run on the same folder is refused at once, naming the first one's pid.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -34,12 +40,13 @@ from m3fm.checkpoint import (
     read_metadata,
     save_model_files,
 )
-from m3fm.registry.errors import M3fmError
+from m3fm.outputs import lock_directory, shown_path
+from m3fm.registry.errors import M3fmError, UsageError
 from m3fm.training.config import TrainConfig
 from m3fm.training.distributed import Ranks
 from m3fm.training.interrupt import StopRequest, TrainingInterrupted
 from m3fm.training.metrics import METRICS_NAME, MetricsLog
-from m3fm.training.optim import build_optimizer, build_scheduler
+from m3fm.training.optim import build_optimizer, build_scheduler, learning_rate_factor
 from m3fm.training.progress import TrainingProgress
 from m3fm.training.rng import capture_rng_state, restore_rng_state, seed_everything
 from m3fm.training.runtime import Runtime, detect_runtime
@@ -48,6 +55,12 @@ from m3fm.training.task import TrainingTask, TrainResult
 
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "final"
+SCHEDULE_SETTINGS = ("seed", "max_steps", "lr", "weight_decay", "warmup_steps")
+"""The TrainConfig fields a resumed run keeps: they decide the learning-rate schedule and the
+order of batches, and the restored optimiser would silently keep its old lr and weight decay."""
+
+log = logging.getLogger(__name__)
+_HELD: set[Path] = set()
 
 
 class NonFiniteLossError(M3fmError):
@@ -59,26 +72,52 @@ class NonFiniteLossError(M3fmError):
 
 
 def train(
-    task: TrainingTask, config: TrainConfig, out_dir: Path, *, resume: bool = False
+    task: TrainingTask, config: TrainConfig, out_dir: Path, *, resume: bool = False,
+    batch_settings: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train `task.model` for `config.max_steps` optimiser steps, writing the run into `out_dir`.
 
     Under ``torchrun`` every rank calls this with its own shard of the data; gradients are
     averaged with DistributedDataParallel and rank 0 alone writes.  With `resume`, the run
     continues from ``out_dir/checkpoints/latest`` and ends bit-for-bit where an uninterrupted
-    run would have (on CPU; CUDA kernels are not all deterministic).
+    run would have (on CPU; CUDA kernels are not all deterministic).  So `resume` refuses a
+    change to the :data:`SCHEDULE_SETTINGS` or to `batch_settings` (what else decides the
+    batches, such as a recipe's ``data.batch_size``, by the name users set it with); only
+    ``max_steps`` may grow, to continue a finished run.
     """
     out_dir = Path(out_dir)
     ranks = Ranks.from_environment()
-    runtime = detect_runtime(config, local_rank=ranks.local_rank)
-    if runtime.device.type == "cuda":
-        torch.cuda.set_device(runtime.device)
-    ranks.start(runtime.device)
-    try:
-        with StopRequest() as stop:
-            return _Run(task, config, out_dir, runtime, ranks, stop).execute(resume=resume)
-    finally:
-        ranks.stop()
+    with hold_run_directory(out_dir, ranks):
+        runtime = detect_runtime(config, local_rank=ranks.local_rank)
+        if runtime.device.type == "cuda":
+            torch.cuda.set_device(runtime.device)
+        ranks.start(runtime.device)
+        try:
+            with StopRequest() as stop:
+                run = _Run(task, config, out_dir, runtime, ranks, stop, batch_settings or {})
+                return run.execute(resume=resume)
+        finally:
+            ranks.stop()
+
+
+@contextlib.contextmanager
+def hold_run_directory(out_dir: Path, ranks: Ranks) -> Iterator[None]:
+    """Keep other processes out of the run folder `out_dir` while the block runs.
+
+    Rank 0 alone takes the lock (the other ranks of a refused run stop when torchrun sees rank 0
+    fail).  Re-entrant within a process, so that a recipe can hold its folder from before it
+    reads its data to after :func:`train` returns.
+    """
+    key = Path(out_dir).resolve()
+    if not ranks.is_main or key in _HELD:
+        yield
+        return
+    with lock_directory(Path(out_dir), f"run folder {shown_path(out_dir)}"):
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
 
 
 class _Run:
@@ -92,9 +131,11 @@ class _Run:
         runtime: Runtime,
         ranks: Ranks,
         stop: StopRequest,
+        batch_settings: Mapping[str, Any],
     ) -> None:
         self.task, self.config, self.out_dir = task, config, out_dir
         self.runtime, self.ranks, self.stop = runtime, ranks, stop
+        self.batch_settings = _as_json(dict(batch_settings))
         self.store = CheckpointStore(out_dir / CHECKPOINTS_DIR)
         self.model = task.model
         self.step = self.epoch = self.batch_index = 0
@@ -115,14 +156,13 @@ class _Run:
         self.scaler = torch.amp.GradScaler(
             self.runtime.device.type, enabled=self.runtime.needs_loss_scaling
         )
-        if resume:
-            self._restore()
-        else:
+        if not (resume and self._restore()):
             seed_everything(self.config.seed + self.ranks.rank)
         self.wrapped = self._wrap()
         if self.ranks.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.log = MetricsLog(self.out_dir, resumed_step=self.step if resume else None)
+            logged = (self.out_dir / METRICS_NAME).exists()  # by the run resumed or restarted
+            self.log = MetricsLog(self.out_dir, resumed_step=self.step if logged else None)
         try:
             with TrainingProgress(
                 max_steps=self.config.max_steps, start_step=self.step, enabled=self.ranks.is_main
@@ -140,39 +180,56 @@ class _Run:
         )
 
     def _refuse_existing_run(self) -> None:
-        """Never train over an earlier run: its checkpoints and log would be mixed with ours."""
+        """Never train over an earlier run's checkpoints: its log and weights would be mixed
+        with ours.  A run that stopped before its first checkpoint left nothing worth keeping,
+        so it is started again in place."""
         if (self.out_dir / FINAL_DIR).exists():
             state = "a finished"
-        elif any((self.out_dir / name).exists() for name in (CHECKPOINTS_DIR, METRICS_NAME)):
+        elif self.store.latest() is not None:
             state = "a started"
         else:
+            if self._started():
+                self._note_restart()
             return
         raise M3fmError(
             f"{self.out_dir} already holds {state} training run; pass --resume to continue it"
             " or choose another output directory"
         )
 
-    def _restore(self) -> None:
-        """Load the latest checkpoint: weights, optimiser, schedule, loss scale, RNG, position."""
+    def _started(self) -> bool:
+        """Whether a run has written into `out_dir` (a log, or at least a checkpoint folder)."""
+        return any((self.out_dir / name).exists() for name in (CHECKPOINTS_DIR, METRICS_NAME))
+
+    def _note_restart(self) -> None:
+        if self.ranks.is_main:
+            log.warning("%s holds a run that stopped before its first checkpoint was complete; "
+                        "starting it again from step 0 and replacing its log", self.out_dir)
+
+    def _restore(self) -> bool:
+        """Load the latest checkpoint: weights, optimiser, schedule, loss scale, RNG, position.
+
+        Returns False when a run stopped before its first checkpoint: it starts again.
+        """
         checkpoint = self.store.latest()
         if checkpoint is None:
-            raise M3fmError(
-                f"cannot resume: no checkpoint in {self.store.root}; train without --resume"
-                " (in another output directory if a run there stopped before its first save)"
-            )
-        load_model_weights(self.model, checkpoint, device=self.runtime.device)
+            if not self._started():
+                raise M3fmError(
+                    f"cannot resume: no checkpoint and no training run in {self.out_dir};"
+                    " train without --resume"
+                )
+            self._note_restart()
+            return False
+        metadata = read_metadata(checkpoint)
         state = TrainingState.load(checkpoint / TRAINING_STATE_NAME)
-        if state.step > self.config.max_steps:
-            raise M3fmError(
-                f"{checkpoint} is at step {state.step}, beyond max_steps={self.config.max_steps};"
-                " raise max_steps to continue it"
-            )
+        stretched = self._refuse_changed_settings(checkpoint, metadata, state.step)
+        load_model_weights(self.model, checkpoint, device=self.runtime.device)
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
         self.scaler.load_state_dict(state.grad_scaler)
         self.step, self.epoch, self.batch_index = state.step, state.epoch, state.batch_index
         self.last_loss = state.last_loss
-        metadata = read_metadata(checkpoint)
+        if stretched:
+            self._follow_schedule()
         self.metrics = metadata.get("metrics", {})
         self.evaluated_at = metadata.get("evaluated_at_step")
         self.saved_at = state.step
@@ -187,6 +244,53 @@ class _Run:
             )
         if self.ranks.is_main:
             self.store.discard_after(state.step)
+        return True
+
+    def _refuse_changed_settings(self, checkpoint: Path, metadata: dict[str, Any],
+                                 step: int) -> bool:
+        """Refuse to resume with other settings than the checkpoint's, naming each change; but
+        a larger max_steps continues a finished run (returns True: the schedule is stretched).
+
+        Batch settings are compared only when the checkpoint recorded them.
+        """
+        saved_config = metadata.get("train_config", {})
+        saved = {f"train.{name}": saved_config[name]
+                 for name in SCHEDULE_SETTINGS if name in saved_config}
+        saved |= metadata.get("batch_settings", {})
+        now = {f"train.{name}": getattr(self.config, name) for name in SCHEDULE_SETTINGS}
+        now |= self.batch_settings
+        changed = {name: (saved[name], value) for name, value in _as_json(now).items()
+                   if name in saved and saved[name] != value}
+        old_steps, new_steps = changed.get("train.max_steps", (step, step))
+        stretched = step == old_steps and new_steps > old_steps
+        if stretched:
+            del changed["train.max_steps"]
+        if changed:
+            listed = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changed.items())
+            grow = (" (max_steps may only be raised, to continue a finished run)"
+                    if "train.max_steps" in changed else "")
+            raise UsageError(
+                f"cannot resume {self.out_dir}: it was trained with other settings that decide"
+                f" its schedule and batches: {listed}{grow}; resume with the run's settings, or"
+                " train into another output directory"
+            )
+        if stretched and self.ranks.is_main:
+            peak = learning_rate_factor(step, warmup_steps=self.config.warmup_steps,
+                                        max_steps=new_steps)
+            log.warning(
+                "continuing %s, which finished at step %d, to max_steps=%d: the learning-rate"
+                " schedule is stretched to the new length, so the rate goes back up to %.0f%%"
+                " of its peak and decays again; the model will differ from one trained for"
+                " %d steps from the start", checkpoint, step, new_steps, 100 * peak, new_steps)
+        return stretched
+
+    def _follow_schedule(self) -> None:
+        """Set the next step's rates from the (stretched) schedule instead of the saved ones,
+        which the old schedule had brought to 0."""
+        scheduler = self.scheduler
+        for group, base, factor in zip(self.optimizer.param_groups, scheduler.base_lrs,
+                                       scheduler.lr_lambdas, strict=True):
+            group["lr"] = base * factor(self.step)
 
     def _wrap(self) -> torch.nn.Module:
         """The model as the loss sees it: DDP across ranks, then compiled (DDP-aware)."""
@@ -326,6 +430,7 @@ class _Run:
                 "evaluated_at_step": self.evaluated_at,
                 "task": self.task.metadata,
                 "train_config": self.config.model_dump(),
+                "batch_settings": self.batch_settings,
                 "world_size": self.ranks.world_size,
             }
 
@@ -361,6 +466,11 @@ class _Run:
         if self.ranks.is_main:
             copy_checkpoint(checkpoint, self.out_dir / FINAL_DIR, exclude=[TRAINING_STATE_NAME])
         self.ranks.barrier()
+
+
+def _as_json(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` as metadata.json holds them (tuples as lists, paths as strings), to compare."""
+    return json.loads(json.dumps(values, default=str))
 
 
 def _every(period: int, step: int) -> bool:
