@@ -17,6 +17,7 @@ from .errors import (
     UnknownNameError,
     UsageError,
 )
+from .guard import PluginError
 from .hookspecs import hookimpl, hookspec
 from .manager import (
     ENTRY_POINT_GROUP,
@@ -56,6 +57,7 @@ __all__ = [
     "ModalitySpec",
     "NotAvailableError",
     "PluginConflictError",
+    "PluginError",
     "PluginInfo",
     "PluginRegistry",
     "Provided",

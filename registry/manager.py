@@ -3,7 +3,8 @@
 Plugins are discovered through the ``m3fm`` entry-point group — the built-in ones too, so they
 travel the same path as any third-party package.  Every plugin is loaded in isolation: one
 that fails to import, requires another plugin-API version, or raises from a hook is recorded
-with its error and skipped, so a broken package never takes the CLI down.
+with its error and skipped, so a broken package never takes the CLI down.  Plugin code runs
+only through :mod:`m3fm.registry.guard`, so not even ``sys.exit()`` in it ends the process.
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from . import hookspecs
 from .errors import PluginConflictError, UnknownNameError
+from .guard import PluginError, call_plugin, guard_spec, install_interrupt_marker
 from .specs import DatasetSpec, LanguageSpec, ModalitySpec
 
-PLUGIN_API_VERSION = "1.3"
+PLUGIN_API_VERSION = "1.4"
 """Version of the plugin contract (hooks and spec types) this release implements.
 
 1.1 added the optional `LanguageSpec.extract_findings` (and the `Finding` type it returns).
 1.2 added the optional `LanguageSpec.label_prompts` (and the `LabelPrompts` type).
 1.3 added the optional `LanguageSpec.parallel_sentences`, `LanguageSpec.sample_reports` and
 `ModalitySpec.sample_files`.
+1.4 added the optional `ModalitySpec.dicom_modalities`.
 """
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
@@ -67,6 +70,11 @@ class PluginInfo:
             return f"{self.package} {self.version or ''}".strip()
         return self.module
 
+    @property
+    def owner(self) -> str:
+        """``plugin 'name' (source)``: how messages name the plugin whose code failed."""
+        return f"plugin {self.name!r} ({self.source})"
+
 
 @dataclass(frozen=True)
 class Provided:
@@ -82,6 +90,7 @@ class PluginRegistry:
     """The plugins of one process and the specs they provide, looked up by name."""
 
     def __init__(self) -> None:
+        install_interrupt_marker()  # before any plugin code runs: a real Ctrl-C stays one
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
         self._pm.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginInfo] = {}
@@ -105,7 +114,9 @@ class PluginRegistry:
             version=dist.version if dist else None,
         )
         try:
-            plugin = entry_point.load()
+            plugin = call_plugin(info.owner, "its import", entry_point.load)
+        except PluginError as exc:
+            return self._fail(info, str(exc))
         except Exception as exc:  # any import-time failure of third-party code
             return self._fail(info, f"import failed: {type(exc).__name__}: {exc}")
         return self._add(plugin, info)
@@ -142,8 +153,8 @@ class PluginRegistry:
         except Exception as exc:  # pluggy validation of hook signatures
             return self._fail(info, f"invalid hook implementation: {exc}")
         try:
-            collected = {kind: self._collect(kind, info.name) for kind in KINDS}
-        except Exception as exc:  # a hook raised or returned the wrong thing
+            collected = {kind: self._collect(kind, info) for kind in KINDS}
+        except Exception as exc:  # a hook raised, returned the wrong thing or tried to exit
             self._pm.unregister(name=info.name)
             return self._fail(info, str(exc))
         for kind, specs in collected.items():
@@ -154,16 +165,19 @@ class PluginRegistry:
         self.plugins[info.name] = info
         return info
 
-    def _collect(self, kind: str, plugin_name: str) -> list[tuple[str, Any]]:
+    def _collect(self, kind: str, info: PluginInfo) -> list[tuple[str, Any]]:
+        """The specs the plugin's hook for `kind` returns, each guarded (see :func:`guard_spec`)."""
         meta = KINDS[kind]
         impls = [
             impl for impl in getattr(self._pm.hook, meta.hook).get_hookimpls()
-            if impl.plugin_name == plugin_name
+            if impl.plugin_name == info.name
         ]
         collected = []
         for impl in impls:
             try:
-                result = impl.function()
+                result = call_plugin(info.owner, f"{meta.hook}()", impl.function)
+            except PluginError:
+                raise
             except Exception as exc:
                 raise RuntimeError(f"{meta.hook}() raised {type(exc).__name__}: {exc}") from exc
             if not isinstance(result, list | tuple) or not all(
@@ -173,7 +187,9 @@ class PluginRegistry:
                     f"{meta.hook}() must return a list of {meta.spec_type.__name__}, "
                     f"got {result!r:.80}"
                 )
-            collected += [(getattr(spec, meta.key), spec) for spec in result]
+            for spec in result:
+                name = getattr(spec, meta.key)
+                collected.append((name, guard_spec(spec, info.owner, f"{kind} {name!r}")))
         return collected
 
     def providers(self, kind: str, name: str) -> list[Provided]:
