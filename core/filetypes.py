@@ -4,8 +4,9 @@ Kept apart from :mod:`m3fm.imaging` because it imports nothing: plugins declare 
 types at discovery time, and discovery must stay fast enough for `m3fm plugins list`.
 """
 
-DISPLAY_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-"""Pictures already rendered for viewing (8-bit, windowed); read with PIL."""
+DISPLAY_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+"""Pictures already rendered for viewing (usually 8-bit and windowed; PNG and TIFF may hold 16-bit
+or floating-point grey levels); read with PIL, one picture per file."""
 
 DICOM_SUFFIXES = (".dcm",)
 """DICOM files; a folder of them is read as one series (a volume)."""
@@ -15,7 +16,7 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def is_display_image(name: str) -> bool:
-    """Whether a file name is a display picture (PNG/JPEG) rather than a DICOM or NIfTI scan.
+    """Whether a file name is a display picture (PNG/JPEG/TIFF) rather than a DICOM or NIfTI scan.
 
     Display pictures carry intensities a viewer already windowed, so modalities with physical
     units (CT's Hounsfield units) must scale them differently from raw scans.

@@ -1,7 +1,7 @@
 """Computed tomography modality: 2D slices and 3D volumes, windowed in Hounsfield units.
 
-Inputs are 2D slices (PNG/JPEG pictures as published in papers, or one DICOM slice in HU) and
-3D volumes (NIfTI files, DICOM series folders).  Both go through one 2D backbone: a volume is
+Inputs are 2D slices (PNG/JPEG/TIFF pictures as published in papers, or one DICOM slice in HU)
+and 3D volumes (NIfTI files, DICOM series folders).  Both go through one 2D backbone: a volume is
 encoded slice by slice (:class:`m3fm.imaging.SlicePooledEncoder`).  :func:`ct_spec` builds
 variants, e.g. a mediastinal window::
 
@@ -24,6 +24,7 @@ from m3fm.registry import EncoderOptions, ModalitySpec, hookimpl
 # every plugin, and importing MONAI alone takes seconds that `m3fm plugins list` should not pay.
 if TYPE_CHECKING:
     import torch
+    from monai.data import MetaTensor
     from monai.transforms import Compose, ScaleIntensityRange
     from torch import nn
 
@@ -48,8 +49,27 @@ VOLUME_AXES = "SPL"
 """Axis codes giving (D, H, W) = (inferior to superior, anterior to posterior, patient right to
 left): axial slices as a radiologist views them, so volumes look like the 2D training slices."""
 
+RESAMPLED_SIDE_LIMIT = 512
+"""Most pixels along a slice's side when a volume is resampled to its spacing.
+
+A larger field of view (above 384 mm at 0.75 mm) is resampled with proportionally larger
+pixels, still twice as fine as the final fit to IMAGE_SIZE keeps; and a header declaring huge
+voxels cannot make the resampled grid take gigabytes."""
+
+RESAMPLED_SLICE_LIMIT = 4 * VOLUME_DEPTH
+"""Most slices after resampling: 640 mm at 5 mm, more than a chest, abdomen and pelvis."""
+
+RESAMPLED_GROWTH_LIMIT = 4
+"""Most times resampling multiplies the voxels along an axis: finer adds voxels, not detail."""
+
 DISPLAY_RANGE = (0.0, 255.0)
-"""Grey levels of a display picture, which a viewer has already windowed."""
+"""Grey levels of an 8-bit display picture, which a viewer has already windowed.
+
+The scaling rule for display pictures: 8-bit ones (grey, palette, bilevel, RGB and their alpha
+variants, all read as 0..255 luma) map 0..255 to 0..1 as they are, so the window the picture
+was rendered with is kept.  Pictures with more bits (16-bit grey PNG or TIFF, 32-bit integer or
+float TIFF) carry no window and no fixed range, so their own minimum and maximum map to 0..1;
+clipping them to 255 would blank them."""
 
 DEFAULT_BACKBONE = "resnet18"
 """Small and fast on CPU; a volume runs VOLUME_DEPTH slices through it at once."""
@@ -73,7 +93,7 @@ def hu_window(level: float, width: float) -> ScaleIntensityRange:
 def ct_spec(
     *,
     name: str = "ct",
-    description: str = "Computed tomography: 2D slices (PNG, JPEG, DICOM) and 3D volumes "
+    description: str = "Computed tomography: 2D slices (PNG, JPEG, TIFF, DICOM) and 3D volumes "
     "(NIfTI, DICOM series folders)",
     window: tuple[float, float] = LUNG_WINDOW,
     image_size: int = IMAGE_SIZE,
@@ -87,40 +107,79 @@ def ct_spec(
     """
 
     @functools.cache
-    def pipelines() -> tuple[Compose, Compose, Compose]:
-        """(display slice, HU slice, volume) transforms, built on the first load."""
-        import numpy as np
-        from monai.transforms import Compose, Orientation, Resize, ScaleIntensityRange, Spacing
+    def pipelines() -> tuple[Compose, Compose]:
+        """(resampled volume, scaled slice) transforms, built on the first load."""
+        from monai.transforms import Compose, Resize
 
         from m3fm.imaging import FitToSquare, standardize
 
         fit_and_standardize = [FitToSquare(image_size), standardize()]
-        display_slice = Compose(
-            [ScaleIntensityRange(*DISPLAY_RANGE, b_min=0.0, b_max=1.0, clip=True),
-             *fit_and_standardize]
-        )
-        hu_slice = Compose([hu_window(*window), *fit_and_standardize])
         volume = Compose(
             [
-                Orientation(axcodes=VOLUME_AXES, labels=None),  # labels=None: the image's space
-                Spacing(pixdim=spacing_mm, mode="bilinear", dtype=np.float32),
                 hu_window(*window),
                 Resize(spatial_size=(depth, -1, -1), mode="trilinear"),  # slice axis only
                 *fit_and_standardize,
             ]
         )
-        return display_slice, hu_slice, volume
+        return volume, Compose(fit_and_standardize)
+
+    def orient_and_resample(volume: MetaTensor) -> MetaTensor:
+        """Turn to VOLUME_AXES and resample to `spacing_mm`, coarser where the grid would exceed
+        the resampling limits.
+
+        The grid that orienting, then resampling gives is worked out from the metadata alone
+        (MONAI's lazy mode), and the volume is resampled onto it in one step from the file's own
+        voxel axes: same values, but no oriented full-size copy of the volume is made.
+        """
+        import numpy as np
+        from monai.transforms import Orientation, Spacing, SpatialResample
+        from nibabel.orientations import io_orientation
+
+        # The anatomical axis of each voxel axis: 0 right-left, 1 anterior-posterior,
+        # 2 inferior-superior (voxel order where the affine is degenerate).
+        anatomy = io_orientation(volume.affine.numpy())[:, 0]
+        if np.isnan(anatomy).any():
+            anatomy = np.arange(3)
+        along = dict(zip(anatomy.astype(int), zip(volume.shape[1:], volume.pixdim, strict=True),
+                         strict=True))  # anatomical axis -> (voxels, mm)
+        extent = {axis: voxels * abs(float(mm)) for axis, (voxels, mm) in along.items()}
+
+        def most(axis: int, limit: int) -> int:
+            return min(limit, RESAMPLED_GROWTH_LIMIT * along[axis][0])
+
+        slice_mm = max(spacing_mm[0], extent[2] / most(2, RESAMPLED_SLICE_LIMIT))
+        in_plane = max(1.0, extent[1] / (spacing_mm[1] * most(1, RESAMPLED_SIDE_LIMIT)),
+                       extent[0] / (spacing_mm[2] * most(0, RESAMPLED_SIDE_LIMIT)))
+        pixdim = (slice_mm, spacing_mm[1] * in_plane, spacing_mm[2] * in_plane)
+        # labels=None: the image's own space
+        planned = Spacing(pixdim=pixdim, lazy=True)(
+            Orientation(axcodes=VOLUME_AXES, labels=None, lazy=True)(volume))
+        return SpatialResample(mode="bilinear", dtype=np.float32)(
+            volume, dst_affine=planned.peek_pending_affine(),
+            spatial_size=planned.peek_pending_shape())
+
+    def slice_range(image: MetaTensor, path: Path) -> tuple[float, float]:
+        """The values a slice's 0 and 1 come from: the HU window for DICOM, and for display
+        pictures DISPLAY_RANGE (8-bit) or the picture's own range (more bits)."""
+        if not is_display_image(path.name):
+            level, width = window
+            return level - width / 2, level + width / 2
+        if image.meta.get("picture_bits", 8) > 8:
+            return image.min().item(), image.max().item()
+        return DISPLAY_RANGE
 
     def load_ct(path: Path) -> torch.Tensor:
         """A slice becomes (1, size, size), a volume (1, depth, size, size), by spatial rank."""
-        from m3fm.imaging import read_image
+        from m3fm.imaging import read_image, scale_to_unit_
 
-        display_slice, hu_slice, volume = pipelines()
+        volume, fit = pipelines()
         image = read_image(path)
         if image.ndim == 4:
-            return volume(image)
+            resampled = orient_and_resample(image)
+            del image  # only the resampled volume is needed from here on
+            return volume(resampled)
         if image.ndim == 3:
-            return display_slice(image) if is_display_image(path.name) else hu_slice(image)
+            return fit(scale_to_unit_(image, *slice_range(image, path)))
         raise ValueError(
             f"expected a 2D slice or a 3D volume, got an array of shape {tuple(image.shape[1:])}"
         )
@@ -136,6 +195,7 @@ def ct_spec(
         build_encoder=build_ct_encoder,
         labels=LABELS,
         sample_files=SAMPLE_FILES,
+        dicom_modalities=("CT",),
     )
 
 

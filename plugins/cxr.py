@@ -1,4 +1,4 @@
-"""Chest X-ray modality: 2D radiographs from PNG/JPEG pictures or DICOM files.
+"""Chest X-ray modality: 2D radiographs from PNG/JPEG/TIFF pictures or DICOM files.
 
 A built-in plugin that uses only the public API (``m3fm.registry``, ``m3fm.filetypes`` and
 ``m3fm.imaging``), exactly as a third-party modality package would.
@@ -55,30 +55,29 @@ conformance kit that `m3fm plugins list` runs."""
 
 @functools.cache
 def _to_model_input() -> Compose:
-    """Intensity scaling, aspect-preserving fit and standardisation, built on the first load."""
-    from monai.transforms import ClipIntensityPercentiles, Compose, ScaleIntensity
+    """Aspect-preserving fit and standardisation, built on the first load."""
+    from monai.transforms import Compose
 
     from m3fm.imaging import FitToSquare, standardize
 
-    return Compose(
-        [
-            ClipIntensityPercentiles(*INTENSITY_PERCENTILES),
-            ScaleIntensity(minv=0.0, maxv=1.0),
-            FitToSquare(IMAGE_SIZE),
-            standardize(),
-        ]
-    )
+    return Compose([FitToSquare(IMAGE_SIZE), standardize()])
 
 
 def load_cxr(path: Path) -> torch.Tensor:
-    """Read one radiograph into a standardised (1, IMAGE_SIZE, IMAGE_SIZE) grey image."""
-    from m3fm.imaging import read_image
+    """Read one radiograph into a standardised (1, IMAGE_SIZE, IMAGE_SIZE) grey image.
+
+    Its INTENSITY_PERCENTILES become 0 and 1, whatever the file's bit depth.
+    """
+    import numpy as np
+
+    from m3fm.imaging import read_image, scale_to_unit_
 
     image = read_image(path)
     if image.ndim != 3:
         shape = tuple(image.shape[1:])
         raise ValueError(f"a chest X-ray is one 2D image; this file holds a {shape} array")
-    return _to_model_input()(image)
+    low, high = np.percentile(image.as_tensor().numpy(), INTENSITY_PERCENTILES)
+    return _to_model_input()(scale_to_unit_(image, float(low), float(high)))
 
 
 def build_cxr_encoder(options: EncoderOptions) -> nn.Module:
@@ -90,13 +89,14 @@ def build_cxr_encoder(options: EncoderOptions) -> nn.Module:
 
 CXR = ModalitySpec(
     name="cxr",
-    description="Chest X-ray radiographs (PNG, JPEG, DICOM)",
+    description="Chest X-ray radiographs (PNG, JPEG, TIFF, DICOM)",
     file_types=DISPLAY_IMAGE_SUFFIXES + DICOM_SUFFIXES,
     slice_shape=(1, IMAGE_SIZE, IMAGE_SIZE),
     load=load_cxr,
     build_encoder=build_cxr_encoder,
     labels=LABELS,
     sample_files=SAMPLE_FILES,
+    dicom_modalities=("CR", "DX"),
 )
 
 

@@ -8,6 +8,7 @@ functions) are plain Python callables; their contracts are documented on each fi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -130,6 +131,13 @@ class ModalitySpec(_Spec):
         "package data, on which `m3fm plugins list` runs the conformance kit; without them it "
         "checks only what needs no file (optional since plugin API 1.3).",
     )
+    dicom_modalities: tuple[str, ...] = Field(
+        (),
+        description="DICOM Modality (0008,0060) codes the plugin reads, e.g. `('CT',)`; the "
+        "engine refuses a DICOM file or series whose tag names another modality and points to "
+        "the plugins that declare it. Empty = any modality. Pictures and NIfTI files have no "
+        "modality tag, so they are never checked (optional since plugin API 1.4).",
+    )
 
     @field_validator("file_types")
     @classmethod
@@ -137,6 +145,15 @@ class ModalitySpec(_Spec):
         for suffix in value:
             if not suffix.startswith(".") or suffix != suffix.lower():
                 raise ValueError(f"file type {suffix!r} must be a lower-case suffix such as '.png'")
+        return value
+
+    @field_validator("dicom_modalities")
+    @classmethod
+    def _modality_codes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for code in value:
+            if not re.fullmatch(r"[A-Z0-9_]{1,16}", code):
+                raise ValueError(f"{code!r} is not a DICOM Modality code such as 'CT' or 'DX' "
+                                 "(upper-case letters, digits and '_', at most 16)")
         return value
 
     @property

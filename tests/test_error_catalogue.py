@@ -155,7 +155,8 @@ def test_messages_are_templates_of_what_users_see(catalogue, capsys):
 
     code, _, err = run_cli(capsys, "plugins", "show", "no-such-plugin")
     message = err.strip().removeprefix("m3fm: error: ")
-    unknown = [m for m in catalogue.messages_of("UnknownNameError") if m.module == "m3fm.cli.plugins"]
+    unknown = [m for m in catalogue.messages_of("UnknownNameError")
+               if m.module == "m3fm.cli.plugins"]
     assert code == 2 and any(_matches(m.template, message) for m in unknown), message
 
 

@@ -37,7 +37,8 @@ def input_error(spec: ModalitySpec, path: Path) -> str:
 
 def test_registered_with_declared_contract(cxr):
     assert cxr.dims == (2,) and cxr.slice_shape == SHAPE
-    assert cxr.file_types == (".png", ".jpg", ".jpeg", ".dcm")
+    assert cxr.file_types == (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
+    assert cxr.dicom_modalities == ("CR", "DX")
     assert len(cxr.labels) == 15 and {"pleural_thickening", "covid19"} <= set(cxr.labels)
 
 
@@ -58,17 +59,26 @@ def test_jpeg(cxr, tmp_path):
     assert image.min() == pytest.approx(0, abs=1e-5) and image.max() == pytest.approx(1, abs=1e-5)
 
 
-def test_dicom(cxr):
-    image = preprocess(cxr, get_testdata_file("MR_small.dcm"))
+def radiograph(path: Path, source: str = "MR_small.dcm", **tags) -> Path:
+    """A pydicom sample file tagged as a digital radiograph (DX), with more tags changed."""
+    dataset = pydicom.dcmread(get_testdata_file(source))
+    dataset.Modality = "DX"
+    for name, value in tags.items():
+        setattr(dataset, name, value)
+    dataset.save_as(path)
+    return path
+
+
+def test_dicom(cxr, tmp_path):
+    image = preprocess(cxr, radiograph(tmp_path / "chest.dcm"))
     assert image.shape == SHAPE
 
 
 def test_monochrome1_dicom_is_shown_inverted(cxr, tmp_path):
-    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    dataset.PhotometricInterpretation = "MONOCHROME1"
-    inverted_path = tmp_path / "monochrome1.dcm"
-    dataset.save_as(inverted_path)
-    normal = unit_range(preprocess(cxr, get_testdata_file("CT_small.dcm")))
+    normal_path = radiograph(tmp_path / "normal.dcm", "CT_small.dcm")
+    inverted_path = radiograph(tmp_path / "monochrome1.dcm", "CT_small.dcm",
+                               PhotometricInterpretation="MONOCHROME1")
+    normal = unit_range(preprocess(cxr, normal_path))
     inverted = unit_range(preprocess(cxr, inverted_path))
     assert torch.allclose(inverted, 1 - normal, atol=1e-4)
 
@@ -105,7 +115,8 @@ def test_volume_file_type_is_refused(cxr, tmp_path):
     path = tmp_path / "scan.nii.gz"
     path.write_bytes(b"\x1f\x8b")
     message = input_error(cxr, path)
-    assert "does not read .nii.gz files" in message and ".png, .jpg, .jpeg, .dcm" in message
+    assert "does not read .nii.gz files" in message
+    assert ".png, .jpg, .jpeg, .tif, .tiff, .dcm" in message
 
 
 def test_missing_file(cxr, tmp_path):
@@ -126,9 +137,8 @@ def test_truncated_png(cxr, tmp_path):
 
 def test_corrupt_dicom(cxr, tmp_path):
     dataset = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
-    dataset.PixelData = dataset.PixelData[:100]  # a valid header over damaged pixel data
-    path = tmp_path / "corrupt.dcm"
-    dataset.save_as(path)
+    path = radiograph(tmp_path / "corrupt.dcm",  # a valid header over damaged pixel data
+                      PixelData=dataset.PixelData[:100])
     message = input_error(cxr, path)
     assert "cannot read it as cxr input" in message and "pixel data" in message
 
