@@ -21,15 +21,8 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from m3fm.imaging import (
-    BACKBONE_MEAN,
-    BACKBONE_STD,
-    DEFAULT_MAX_INPUT_MB,
-    FitToSquare,
-    max_input_mb,
-    preprocess,
-    read_image,
-)
+from m3fm.image_headers import DEFAULT_MAX_INPUT_MB, max_input_mb
+from m3fm.imaging import BACKBONE_MEAN, BACKBONE_STD, FitToSquare, preprocess, read_image
 from m3fm.registry import PLUGIN_API_VERSION, InputError, M3fmError, ModalitySpec, get_registry
 
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
