@@ -16,14 +16,15 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from image_checks import input_error, unit_range
 from monai.transforms import Compose, Lambda
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from m3fm.image_headers import DEFAULT_MAX_INPUT_MB, max_input_mb
-from m3fm.imaging import BACKBONE_MEAN, BACKBONE_STD, FitToSquare, preprocess, read_image
-from m3fm.registry import PLUGIN_API_VERSION, InputError, M3fmError, ModalitySpec, get_registry
+from m3fm.imaging import FitToSquare, preprocess, read_image
+from m3fm.registry import PLUGIN_API_VERSION, M3fmError, ModalitySpec, get_registry
 
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
 MR_SMALL = Path(get_testdata_file("MR_small.dcm"))
@@ -52,20 +53,6 @@ def any_modality_spec(*, volumes: bool = True, **fields) -> ModalitySpec:
         slice_shape=(1, 16, 16), volume_shape=(1, 2, 16, 16) if volumes else None,
         load=load, build_encoder=lambda options: None, labels=("covid19",), **fields,
     )
-
-
-def unit_range(image: torch.Tensor) -> torch.Tensor:
-    """Undo the backbone standardisation, back to [0, 1] grey levels."""
-    return image * BACKBONE_STD + BACKBONE_MEAN
-
-
-def input_error(spec: ModalitySpec, path: Path) -> str:
-    with pytest.raises(InputError) as caught:
-        preprocess(spec, path)
-    message = str(caught.value)
-    assert message.startswith(f"{path}: ") and "\n" not in message
-    assert "bug in the plugin" not in message and " object at 0x" not in message
-    return message
 
 
 def ct_slice(path: Path, **tags) -> Path:

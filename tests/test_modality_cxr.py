@@ -8,11 +8,12 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from image_checks import input_error, unit_range
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from m3fm.imaging import BACKBONE_MEAN, BACKBONE_STD, preprocess
-from m3fm.registry import EncoderOptions, InputError, ModalitySpec, get_registry
+from m3fm.imaging import preprocess
+from m3fm.registry import EncoderOptions, ModalitySpec, get_registry
 
 SHAPE = (1, 224, 224)
 
@@ -20,19 +21,6 @@ SHAPE = (1, 224, 224)
 @pytest.fixture
 def cxr() -> ModalitySpec:
     return get_registry().modality("cxr")
-
-
-def unit_range(image: torch.Tensor) -> torch.Tensor:
-    """Undo the backbone standardisation, back to [0, 1] grey levels."""
-    return image * BACKBONE_STD + BACKBONE_MEAN
-
-
-def input_error(spec: ModalitySpec, path: Path) -> str:
-    with pytest.raises(InputError) as caught:
-        preprocess(spec, path)
-    message = str(caught.value)
-    assert str(path) in message and "\n" not in message
-    return message
 
 
 def test_registered_with_declared_contract(cxr):
