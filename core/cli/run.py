@@ -49,8 +49,9 @@ def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
     """Write a report in --lang and zero-shot label probabilities for each image, DICOM
     file, NIfTI volume or folder in PATHS.
 
-    Inputs are processed in batches. An input that cannot be read is reported in its place and
-    the others go on; the exit code is 1 only when no input could be processed.
+    Inputs are processed in batches, and each result is written as soon as it is finished: an
+    input that cannot be read at once, with its error, while the others go on; the exit code
+    is 1 only when no input could be processed.
     """
     from m3fm.analysis import Analysis, analyse_inputs
     from m3fm.diagnosis.zeroshot import resolve_labels
