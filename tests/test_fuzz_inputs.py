@@ -199,14 +199,14 @@ def dicom_header(draw) -> bytes:
                                            max_size=4))):
             value = fields[keyword]
             if keyword in ("NumberOfFrames", "RescaleSlope"):
-                placeholder = "987654" if keyword == "NumberOfFrames" else "9.876543"
-                setattr(dataset, keyword, placeholder)
-                numbers[placeholder.encode()] = value.encode().ljust(len(placeholder))
+                marker = "987654" if keyword == "NumberOfFrames" else "9.876543"  # valid, unique
+                setattr(dataset, keyword, marker)
+                numbers[marker.encode()] = value.encode().ljust(len(marker))
             else:
                 setattr(dataset, keyword, value)
         data = _dicom_bytes(dataset)
-    for placeholder, value in numbers.items():
-        data = data.replace(placeholder, value)
+    for marker, value in numbers.items():
+        data = data.replace(marker, value)
     return data
 
 

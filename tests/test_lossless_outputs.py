@@ -90,6 +90,26 @@ def test_embed_batches_shapes_and_writes_odd_names(capsys, tmp_path, mixed_input
     assert os.fsencode(str(mixed_inputs[4])) in {os.fsencode(r["input"]) for r in printed}
 
 
+@pytest.mark.parametrize("kind", ["fifo", "socket", "device"])
+def test_every_kind_of_special_file_is_an_input_error_without_opening_it(tmp_path, kind,
+                                                                         no_hang):
+    import socket
+
+    from m3fm.imaging import preprocess
+    from m3fm.registry import InputError, get_registry
+
+    path = tmp_path / "scan.png"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+    else:
+        path.symlink_to("/dev/zero")  # opening it would read zeros forever
+    with pytest.raises(InputError, match="not a file or folder"):
+        preprocess(get_registry().modality("ct"), path)
+
+
 def test_json_of_an_undecodable_name_is_valid_utf8_and_lossless():
     text = json_text({"input": ODD_NAME, "report": "右肺下叶"})
     text.encode("utf-8")  # strict: no lone surrogate left in the text
