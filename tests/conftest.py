@@ -4,6 +4,7 @@ running the CLI in-process."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,10 @@ from m3fm.cli import main
 from m3fm.registry import reset_registry
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The preprocessing cache of every test run goes to a fresh folder, never the user's own; a
+# test that needs its own cache sets M3FM_CACHE itself.
+os.environ["M3FM_CACHE"] = tempfile.mkdtemp(prefix="m3fm-test-cache-")
 
 
 def _data_root() -> Path:
