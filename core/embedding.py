@@ -13,12 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from m3fm.alignment.model import MAX_LOGIT_SCALE, MultiMedCLIP
-from m3fm.imaging import preprocess
+from m3fm.data.streaming import preprocessed
 from m3fm.registry import UsageError, get_registry
+
+if TYPE_CHECKING:
+    from m3fm.data.cache import PreprocessCache
 
 
 class Embedder:
@@ -63,28 +67,41 @@ class Embedder:
     @torch.no_grad()
     def embed_images(
         self, images: Sequence[str | Path | torch.Tensor], modality: str | None = None,
-        batch_size: int = 32,
+        batch_size: int = 32, *, workers: int = 0, cache: PreprocessCache | None = None,
     ) -> torch.Tensor:
         """Embeddings (N, D) of image files or already preprocessed tensors of one modality.
 
-        Inputs of different shapes (2D slices beside 3D volumes, volumes of different depth)
-        are batched by shape; the rows come back in input order.
+        Files are read a batch ahead (in `workers` processes, through `cache` when given) and
+        only about a batch of images is held at a time; the first file that cannot be read
+        raises its InputError.  Inputs of different shapes (2D slices beside 3D volumes,
+        volumes of different depth) are batched by shape; the rows come back in input order.
         """
         modality = self.modality(modality)
         spec = get_registry().modality(modality)
-        tensors = [
-            image if isinstance(image, torch.Tensor) else preprocess(spec, image)
-            for image in images
-        ]
-        out = torch.empty(len(tensors), self.model.config.embed_dim)
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for index, tensor in enumerate(tensors):
-            by_shape.setdefault(tuple(tensor.shape), []).append(index)
-        for indices in by_shape.values():
-            for start in range(0, len(indices), batch_size):
-                part = indices[start:start + batch_size]
-                batch = torch.stack([tensors[i] for i in part]).to(self.device)
-                out[part] = self.model.encode_image(modality, batch).float().cpu()
+        files = preprocessed(spec, (Path(image) for image in images
+                                    if not isinstance(image, torch.Tensor)),
+                             workers=workers, cache=cache)
+        out = torch.empty(len(images), self.model.config.embed_dim)
+        waiting: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
+
+        def encode(group: list[tuple[int, torch.Tensor]]) -> None:
+            rows = [index for index, _ in group]
+            batch = torch.stack([tensor for _, tensor in group]).to(self.device)
+            out[rows] = self.model.encode_image(modality, batch).float().cpu()
+            group.clear()
+
+        for index, image in enumerate(images):
+            if not isinstance(image, torch.Tensor):
+                _, image = next(files)
+                if isinstance(image, Exception):
+                    raise image
+            group = waiting.setdefault(tuple(image.shape), [])
+            group.append((index, image))
+            if len(group) == batch_size:
+                encode(group)
+        for group in waiting.values():
+            if group:
+                encode(group)
         return out
 
     @torch.no_grad()

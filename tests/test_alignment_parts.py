@@ -30,6 +30,21 @@ def test_contrastive_loss_is_low_for_matching_pairs_and_symmetric():
     assert contrastive_loss(b, c, scale) > contrastive_loss(b, b, scale)
 
 
+def test_placeholder_rows_take_no_part_in_the_contrastive_loss():
+    """An unreadable image's row (masked out) leaves the loss of the other rows as if the
+    batch had been one row smaller, and gets no gradient."""
+    a = F.normalize(torch.randn(5, 8), dim=-1).requires_grad_()
+    b = F.normalize(torch.randn(5, 8), dim=-1)
+    valid = torch.tensor([True, True, False, True, True])
+    scale = torch.tensor(10.0)
+    masked = contrastive_loss(a, b, scale, valid)
+    assert torch.isclose(masked, contrastive_loss(a[valid], b[valid], scale))
+    masked.backward()
+    assert torch.equal(a.grad[2], torch.zeros(8))
+    nothing = contrastive_loss(a, b, scale, torch.zeros(5, dtype=torch.bool))
+    assert nothing.item() == 0 and torch.isfinite(nothing)
+
+
 def test_distillation_moves_only_the_student():
     student = F.normalize(torch.randn(3, 8), dim=-1).requires_grad_()
     teacher = F.normalize(torch.randn(3, 8), dim=-1).requires_grad_()
@@ -42,7 +57,7 @@ def _pairs(ct: int = 10, cxr: int = 6, parallel: int = 7) -> AlignmentPairs:
     reports = [ImageReport(Path(f"ct{i}"), "ct", "en", f"r{i}") for i in range(ct)]
     reports += [ImageReport(Path(f"cxr{i}"), "cxr", "en", f"x{i}") for i in range(cxr)]
     pairs = [ParallelReports(f"e{i}", f"z{i}", "zh") for i in range(parallel)]
-    return AlignmentPairs(reports, pairs, images={})
+    return AlignmentPairs(reports, pairs)
 
 
 def test_epoch_plan_is_deterministic_and_one_modality_per_step():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 
 import m3fm
 from m3fm.cli import main
+from m3fm.training.metrics import read_metrics
 
 STEPS = 8
 
@@ -84,11 +86,13 @@ def test_existing_run_is_not_overwritten(trained, capsys):
 
 
 def test_run_killed_mid_training_resumes_to_the_same_weights(trained, capsys, tmp_path):
-    """SIGKILL (no chance to save) after the first checkpoint, then --resume to the end."""
+    """SIGKILL (no chance to save) after the first checkpoint, then --resume to the end; with
+    images read by two loader workers (the uninterrupted run read them in-process), so the
+    batches and their random crops do not depend on the workers either."""
     data, run = trained
     partial = tmp_path / "partial"
     args = ["train", "--recipe", "cov-ctr-align", "--data", str(data), "--out", str(partial),
-            *tiny_overrides(f"train.max_steps={STEPS}")]
+            *tiny_overrides(f"train.max_steps={STEPS}", "data.workers=2")]
     process = subprocess.Popen(
         [sys.executable, "-c", "from m3fm.cli import main; main()", *args,
          "--set", "train.save_every=2"],
@@ -116,17 +120,24 @@ def test_modality_without_pairs_stops_before_training(trained, capsys, tmp_path)
                            "--out", str(tmp_path / "run"),
                            *tiny_overrides("model.modalities=[ct, cxr]"))
     assert code == 1
-    assert "no usable cxr image–report pairs in split 'train'" in err
+    assert "no cxr image–report pairs in split 'train'" in err
 
 
-def test_unreadable_images_are_skipped_and_counted(capsys, tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unreadable_images_are_skipped_and_counted(capsys, tmp_path, workers):
+    """Two epochs of two steps: the broken image is met twice, warned about and counted once."""
     data = write_cov_ctr(tmp_path / "data")
     (data / "images" / "train-1.png").write_bytes(b"\x89PNG broken")
     code, _, err = run_cli(capsys, "train", "--recipe", "cov-ctr-align", "--data", str(data),
-                           "--out", str(tmp_path / "run"), *tiny_overrides("train.max_steps=1"))
+                           "--out", str(tmp_path / "run"),
+                           *tiny_overrides("train.max_steps=4", "train.log_every=1",
+                                          f"data.workers={workers}"))
     metadata = json.loads((tmp_path / "run" / "final" / "metadata.json").read_text())
-    assert code == 0 and "train-1.png" in err
+    assert code == 0 and err.count("train-1.png") == 1
     assert metadata["task"]["pairs"]["skipped_images"] == 1
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")
+              if r["kind"] == "train"]
+    assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
 
 
 DDP_LOSS_SCRIPT = textwrap.dedent("""
@@ -192,3 +203,32 @@ def test_alignment_trains_under_torchrun_with_two_processes(tmp_path):
     assert metadata["world_size"] == 2 and metadata["step"] == 3
     model = m3fm.load(tmp_path / "run" / "final")
     assert model.embed_texts(["No effusion."], lang="en").isfinite().all()
+
+
+def test_a_file_that_kills_its_loader_worker_is_skipped_and_the_run_goes_on(
+        tmp_path, monkeypatch):
+    """A decoder that segfaults on one file: the step is built again with each file read
+    alone, that one file is skipped and counted, and training finishes."""
+    from m3fm.alignment.task import AlignmentTask
+    from m3fm.data import streaming
+    from m3fm.recipes import load_recipe
+    from m3fm.training import train
+
+    data = write_cov_ctr(tmp_path / "data")
+    real = streaming.load_image
+
+    def crashing(spec, path, cache):
+        if path.name == "train-1.png":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return real(spec, path, cache)
+
+    monkeypatch.setattr(streaming, "load_image", crashing)
+    monkeypatch.setattr("m3fm.alignment.task.load_image", crashing)
+    overrides = dict(pair.split("=", 1) for pair in tiny_overrides(
+        "train.max_steps=2", "data.workers=1")[1::2])
+    recipe = load_recipe("cov-ctr-align", overrides)
+    task = AlignmentTask(recipe, data)
+    result = train(task.training_task(str(data)), recipe.train, tmp_path / "run")
+    assert result.step == 2 and math.isfinite(result.loss)
+    assert list(task.skipped) == [str(data / "images" / "train-1.png")]
+    assert "process reading it died" in task.skipped[str(data / "images" / "train-1.png")]

@@ -13,6 +13,7 @@ from m3fm.generation.config import DecodeConfig, GeneratorConfig
 from m3fm.generation.evaluation import baseline_reports
 from m3fm.generation.model import IGNORE_INDEX, MultiMedLM
 from m3fm.generation.reporting import without_unfinished_sentence
+from m3fm.generation.task import Examples, memory_bank
 from m3fm.recipes import GenerateRecipe, available_recipes, load_recipe
 from m3fm.registry import ConfigError, Record, UsageError, get_registry
 from m3fm.tokenizer import decode_report, train_tokenizer
@@ -105,6 +106,26 @@ def test_memory_bridge_uses_the_reports_of_the_image_modality_when_it_has_them()
     assert bank.languages == ("en",)
 
 
+def _examples(count: int) -> Examples:
+    return Examples(
+        reports=[f"r{i}" for i in range(count)], languages=["en", "zh"] * (count // 2),
+        modalities=["ct"] * count, embeddings=torch.randn(count, 4),
+        from_text=torch.tensor([True] * (count - 2) + [False] * 2),
+    )
+
+
+def test_memory_bank_keeps_text_examples_and_caps_each_key_with_its_seed():
+    examples = _examples(20)
+    whole = memory_bank(examples)
+    assert whole.sizes == {"en": 9, "ct/en": 9, "zh": 9, "ct/zh": 9}  # image examples left out
+    capped = memory_bank(examples, size=4, seed=3)
+    assert capped.sizes == {"en": 4, "ct/en": 4, "zh": 4, "ct/zh": 4}
+    again = memory_bank(examples, size=4, seed=3)
+    assert all(torch.equal(capped.embeddings[k], again.embeddings[k]) for k in capped.sizes)
+    rows = {tuple(row.tolist()) for row in whole.embeddings["en"]}
+    assert {tuple(row.tolist()) for row in capped.embeddings["en"]} <= rows
+
+
 def test_memory_bank_round_trips_through_a_file(tmp_path):
     bank = MemoryBank({"en": F.normalize(torch.randn(5, 4), dim=-1)})
     bank.save(tmp_path)
@@ -115,7 +136,7 @@ def test_memory_bank_round_trips_through_a_file(tmp_path):
 class _NearestFirst:
     """Stands in for the embedder: image i is nearest to the i-th sorted report."""
 
-    def embed_images(self, images, modality):
+    def embed_images(self, images, modality, cache=None):
         return torch.eye(3)[: len(images)]
 
     def embed_texts(self, texts, lang):
@@ -132,8 +153,7 @@ def test_baselines_answer_by_frequency_label_and_nearest_report():
         [("A normal chest.", 0), ("A normal chest.", 0), ("Ground glass opacity.", 1)])]
     val = [_record("val", "/v0.png", "x.", 1), _record("val", "/v1.png", "y.", 0)]
     subset = RetrievalSet("ct", "en", (val[0].image, val[1].image), ("X.", "Y."))
-    images = {val[0].image: torch.zeros(1), val[1].image: torch.zeros(1)}
-    answers = dict(baseline_reports(subset, train, train + val, _NearestFirst(), images, seed=0))
+    answers = dict(baseline_reports(subset, train, train + val, _NearestFirst(), None, seed=0))
     assert answers["most-frequent"] == ["A normal chest."] * 2
     assert answers["random-same-label"] == ["Ground glass opacity.", "A normal chest."]
     assert answers["nearest-report"] == ["A normal chest.", "Ground glass opacity."]

@@ -170,6 +170,7 @@ def test_packaged_model_is_half_size_loads_and_has_a_model_card(trained, capsys,
         assert (target / name).stat().st_size < 0.6 * (run / "final" / name).stat().st_size
     card = (target / "README.md").read_text(encoding="utf-8")
     assert "cov-ctr-zh-zeroshot" in card and "| nearest-report" in card and "CC BY" in card
+    assert "holds\n  8 zh (ct/zh 8) training-report embeddings" in card
     image = next((data / "images").glob("val-*.png"))
     before = m3fm.load(run / "final").embed_images([image], modality="ct")
     after = m3fm.load(target).embed_images([image], modality="ct")

@@ -22,13 +22,16 @@ def train_losses(out_dir: Path) -> list[float]:
     return [r["loss"] for r in read_metrics(out_dir / "metrics.jsonl") if r["kind"] == "train"]
 
 
-def test_two_ranks_match_one_process_on_the_union_of_their_shards(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_two_ranks_match_one_process_on_the_union_of_their_shards(tmp_path, workers):
+    """Also with each rank's batches built by a DataLoader worker of its own."""
     hashes = tmp_path / "hashes"
     hashes.mkdir()
     ddp_dir = tmp_path / "ddp"
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     completed = subprocess.run(
-        [*launch, str(TOY_SCRIPT), str(ddp_dir), "--dropout", "0", "--hash-dir", str(hashes)],
+        [*launch, str(TOY_SCRIPT), str(ddp_dir), "--dropout", "0", "--hash-dir", str(hashes),
+         "--workers", str(workers)],
         capture_output=True,
         text=True,
         timeout=120,

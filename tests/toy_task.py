@@ -4,6 +4,7 @@ Imported by the tests, and run as a script where a test needs another process: o
 Ctrl-C, or the two ranks ``torchrun`` starts::
 
     python tests/toy_task.py OUT [--max-steps N] [--sleep S] [--resume] [--hash-dir DIR]
+                                 [--workers N]
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ import torch
 from torch import nn
 
 from m3fm.registry.errors import M3fmError
-from m3fm.training import TrainConfig, TrainingTask, train
+from m3fm.training import (
+    LoaderSettings,
+    PlannedBatches,
+    PlannedLoader,
+    TrainConfig,
+    TrainingTask,
+    train,
+)
 
 SAMPLES = 64
 FEATURES = 4
@@ -64,8 +72,10 @@ def toy_task(
     poisoned_batch: tuple[int, int] | None = None,
     crash_at_step: int | None = None,
     unused_tower: bool = False,
+    workers: int = 0,
 ) -> TrainingTask:
-    """The task as rank `rank` of `world_size` sees it.
+    """The task as rank `rank` of `world_size` sees it, its batches built in `workers`
+    DataLoader processes (0: in-process).
 
     Each epoch shuffles the data from (seed, epoch) and cuts it into global batches; rank r
     takes the r-th slice of each, so the ranks' batches together are the one-process batches.
@@ -78,16 +88,22 @@ def toy_task(
     per_rank = global_batch // world_size
     calls = 0
 
-    def batches(epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def plan(epoch: int) -> list[torch.Tensor]:
+        """This rank's sample indices of each batch of `epoch`."""
         order = torch.randperm(SAMPLES, generator=torch.Generator().manual_seed(seed * 997 + epoch))
-        result = []
-        for start in range(0, SAMPLES - global_batch + 1, global_batch):
-            mine = order[start + rank * per_rank : start + (rank + 1) * per_rank]
-            inputs = x[mine]
-            if poisoned_batch == (epoch, len(result)):
-                inputs = torch.full_like(inputs, float("nan"))
-            result.append((inputs, y[mine]))
-        return result
+        return [order[start + rank * per_rank : start + (rank + 1) * per_rank]
+                for start in range(0, SAMPLES - global_batch + 1, global_batch)]
+
+    def load(mine: torch.Tensor, place: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = x[mine]
+        if poisoned_batch == place:
+            inputs = torch.full_like(inputs, float("nan"))
+        return inputs, y[mine]
+
+    loader = PlannedLoader(load, _as_loaded, LoaderSettings(workers=workers))
+
+    def batches(epoch: int) -> PlannedBatches:
+        return loader.epoch(plan(epoch), epoch)
 
     def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> Any:
         nonlocal calls
@@ -118,6 +134,10 @@ def toy_task(
     )
 
 
+def _as_loaded(plan: torch.Tensor, batch: Any) -> Any:
+    return batch
+
+
 def toy_config(**overrides: Any) -> TrainConfig:
     """A 12-step run that logs every step; `overrides` replace any field."""
     settings: dict[str, Any] = {"max_steps": 12, "lr": 1e-2, "warmup_steps": 2, "log_every": 1}
@@ -141,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--hash-dir", type=Path, help="write this rank's parameter hash here")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     args = parser.parse_args(argv)
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     task = toy_task(
@@ -149,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         dropout=args.dropout,
         sleep=args.sleep,
         unused_tower=world_size > 1,
+        workers=args.workers,
     )
     try:
         train(task, toy_config(max_steps=args.max_steps), args.out_dir, resume=args.resume)

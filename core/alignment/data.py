@@ -2,9 +2,9 @@
 
 From the records of any data sets it builds image–report pairs (anchor language only, unless
 the supervised image–other-language term is on) and anchor–other parallel report pairs (two
-records sharing a ``group``).  Images are preprocessed once through their modality plugin and
-kept in memory; an image that fails to load is skipped with a warning and counted, never
-crashing an epoch.
+records sharing a ``group``).  Pairs name their image file; images are read only when a step
+needs them (in the alignment task's loader workers), so the pairs of a corpus far larger than
+memory cost a few hundred bytes each.
 
 Every batch holds one modality (and one report language), so the contrastive negatives of an
 image are images of its own domain.  The plan of an epoch depends only on (seed, epoch), so
@@ -13,19 +13,14 @@ every rank of a distributed run and a resumed run see exactly the same sequence.
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from m3fm.imaging import preprocess
-from m3fm.progress import track
 from m3fm.registry import LanguageSpec, M3fmError, Record, UsageError, get_registry
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,12 +61,10 @@ def anchor_language(languages: Sequence[str]) -> LanguageSpec:
 
 @dataclass
 class AlignmentPairs:
-    """The pairs of one split, with the preprocessed images they refer to."""
+    """The pairs of one split; images stay in their files until a step reads them."""
 
     image_reports: list[ImageReport]
     parallel: list[ParallelReports]
-    images: dict[Path, torch.Tensor] = field(repr=False)
-    skipped_images: dict[Path, str] = field(default_factory=dict)
 
     @classmethod
     def from_records(
@@ -79,7 +72,7 @@ class AlignmentPairs:
         languages: Sequence[str], image_other_language: bool = False,
         plugin_sentences: bool = False,
     ) -> AlignmentPairs:
-        """Pairs of `split` for the configured modalities and languages; loads the images.
+        """Pairs of `split` for the configured modalities and languages.
 
         With `plugin_sentences`, the sentence pairs the language plugins ship join the
         parallel reports of the data.
@@ -97,15 +90,13 @@ class AlignmentPairs:
         parallel = _parallel_reports(chosen, anchor, normalize)
         if plugin_sentences:
             parallel += _plugin_sentences(languages, anchor, normalize)
-        images, skipped = _load_images(image_reports)
-        kept = [pair for pair in image_reports if pair.image in images]
         for modality in modalities:
-            if not any(pair.modality == modality for pair in kept):
+            if not any(pair.modality == modality for pair in image_reports):
                 raise M3fmError(
-                    f"no usable {modality} image–report pairs in split {split!r}: the data hold "
-                    f"no {modality} images with {anchor} reports, or none of them could be read"
+                    f"no {modality} image–report pairs in split {split!r}: the data hold no "
+                    f"{modality} images with {anchor} reports"
                 )
-        return cls(kept, parallel, images, skipped)
+        return cls(image_reports, parallel)
 
 
 def _parallel_reports(records, anchor: str, normalize) -> list[ParallelReports]:
@@ -128,19 +119,6 @@ def _plugin_sentences(languages, anchor: str, normalize) -> list[ParallelReports
         for code in languages if code != anchor
         for source, translation in registry.language(code).parallel_sentences
     ]
-
-
-def _load_images(pairs: Sequence[ImageReport]) -> tuple[dict[Path, torch.Tensor], dict[Path, str]]:
-    registry = get_registry()
-    unique = {pair.image: pair.modality for pair in pairs}
-    images, skipped = {}, {}
-    for path, modality in track(list(unique.items()), "preprocessing images"):
-        try:
-            images[path] = preprocess(registry.modality(modality), path)
-        except M3fmError as exc:
-            skipped[path] = str(exc)
-            log.warning("skipping image: %s", exc)
-    return images, skipped
 
 
 @dataclass(frozen=True)

@@ -29,18 +29,34 @@ def _gather(features: torch.Tensor) -> torch.Tensor:
     return all_gather_single_autograd(features.contiguous(), 0, dist.group.WORLD)
 
 
-def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+MASKED_LOGIT = -1e4
+"""Logit of a placeholder row as a candidate: no weight in any softmax, finite in fp16."""
+
+
+def contrastive_loss(
+    a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Symmetric InfoNCE between row-aligned, L2-normalised embeddings `a` and `b`.
 
     Row i of `a` and row i of `b` are a positive pair; every other row of the (global) batch
-    is a negative.
+    is a negative.  Rows where the boolean `valid` is False are placeholders (an image that
+    could not be read): they are neither anyone's negative nor a query, and the loss is the
+    mean over the valid rows, so every rank keeps the same batch shape for the gather.
     """
     rank, _ = _world()
     all_a, all_b = _gather(a), _gather(b)
     labels = torch.arange(len(a), device=a.device) + rank * len(a)
     a_to_b = logit_scale * a @ all_b.T
     b_to_a = logit_scale * b @ all_a.T
-    return (F.cross_entropy(a_to_b, labels) + F.cross_entropy(b_to_a, labels)) / 2
+    if valid is None:
+        return (F.cross_entropy(a_to_b, labels) + F.cross_entropy(b_to_a, labels)) / 2
+    candidates = _gather(valid.float()) > 0  # gloo gathers no booleans
+    a_to_b = a_to_b.masked_fill(~candidates, MASKED_LOGIT)
+    b_to_a = b_to_a.masked_fill(~candidates, MASKED_LOGIT)
+    per_row = (F.cross_entropy(a_to_b, labels, reduction="none")
+               + F.cross_entropy(b_to_a, labels, reduction="none")) / 2
+    return torch.where(valid, per_row, 0).sum() / valid.sum().clamp(min=1)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

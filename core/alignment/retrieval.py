@@ -10,17 +10,17 @@ the model never saw an image with a Chinese report.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from m3fm.imaging import preprocess
-from m3fm.registry import Record, get_registry
+from m3fm.registry import Record
 
 if TYPE_CHECKING:
+    from m3fm.data.cache import PreprocessCache
     from m3fm.embedding import Embedder
 
 KS = (1, 5, 10)
@@ -72,32 +72,19 @@ def rank_metrics(similarity: torch.Tensor) -> dict[str, float]:
     return metrics
 
 
-def set_images(
-    subset: RetrievalSet, images: MutableMapping[Path, torch.Tensor] | None
-) -> Sequence[Path | torch.Tensor]:
-    """The set's images as files, or preprocessed through the cache `images` when given."""
-    if images is None:
-        return subset.images
-    spec = get_registry().modality(subset.modality)
-    for path in subset.images:
-        if path not in images:
-            images[path] = preprocess(spec, path)
-    return [images[path] for path in subset.images]
-
-
 def evaluate_retrieval(
-    sets: Sequence[RetrievalSet], embedder: Embedder,
-    images: MutableMapping[Path, torch.Tensor] | None = None,
+    sets: Sequence[RetrievalSet], embedder: Embedder, *, cache: PreprocessCache | None = None,
+    workers: int = 0,
 ) -> list[dict[str, object]]:
     """One row per set and direction: size, chance R@5, recall@k and ranks.
 
-    `images` caches preprocessed images across calls (evaluation during training); without it
-    each image file is read through its modality plugin.
+    Images are read from their files a batch at a time (in `workers` processes), through the
+    preprocessing `cache` when given.
     """
     rows = []
     for subset in sets:
         image_embeddings = embedder.embed_images(
-            set_images(subset, images), modality=subset.modality
+            subset.images, modality=subset.modality, workers=workers, cache=cache
         )
         text_embeddings = embedder.embed_texts(subset.texts, lang=subset.language)
         similarity = image_embeddings @ text_embeddings.T

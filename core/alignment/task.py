@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,15 +15,34 @@ from m3fm.alignment.losses import contrastive_loss, distillation_loss
 from m3fm.alignment.model import MultiMedCLIP
 from m3fm.alignment.retrieval import evaluate_retrieval, retrieval_sets
 from m3fm.data import read_sources
+from m3fm.data.cache import PreprocessCache
+from m3fm.data.streaming import load_image, preprocessed
 from m3fm.embedding import Embedder
 from m3fm.recipes import AlignRecipe
+from m3fm.registry import M3fmError, get_registry
 from m3fm.tokenizer import load_tokenizer, train_tokenizer
-from m3fm.training import LazyBatches, TrainingTask, seed_everything
+from m3fm.training import (
+    LoaderSettings,
+    PlannedBatches,
+    PlannedLoader,
+    TrainingTask,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 
 CROP_SCALE = (0.8, 1.0)
 """Side of a random training crop, as a fraction of the image side."""
+
+
+@dataclass
+class StepImages:
+    """What a loader worker makes of one step: its images, and the ones it could not read."""
+
+    images: torch.Tensor
+    failed: tuple[tuple[int, str, str], ...]
+    """(position in the step, image file, error) of each image that could not be read; its
+    row of `images` is a placeholder."""
 
 
 @dataclass
@@ -32,6 +52,8 @@ class StepBatch:
     modality: str
     images: torch.Tensor
     reports: dict[str, torch.Tensor]
+    valid: torch.Tensor | None
+    """Which rows hold a real image; None when all do."""
     anchors: dict[str, torch.Tensor] | None
     others: dict[str, torch.Tensor] | None
 
@@ -49,9 +71,6 @@ class AlignmentTask:
             languages=config.languages, image_other_language=recipe.loss.image_other_language,
             plugin_sentences=recipe.data.plugin_sentences,
         )
-        if self.pairs.skipped_images:
-            log.warning("%d training images could not be read and were skipped",
-                        len(self.pairs.skipped_images))
         tokenizer = (
             load_tokenizer(config.text.pretrained) if config.text.pretrained
             else train_tokenizer(self._training_texts(), vocab_size=config.text.vocab_size)
@@ -62,7 +81,16 @@ class AlignmentTask:
             records, split=recipe.data.val_split, modalities=config.modalities,
             languages=config.languages,
         )
-        self._val_images: dict[Path, torch.Tensor] = {}
+        self.cache = PreprocessCache.resolve(recipe.data.cache_dir)
+        self.skipped: dict[str, str] = {}
+        """Training images that could not be read so far, with their errors."""
+        self.loader = PlannedLoader(
+            self.load_images, self.collate,
+            LoaderSettings(workers=recipe.data.workers, prefetch=recipe.data.prefetch),
+            load_alone=functools.partial(self.load_images, alone=True),
+        )
+        self._counts = {"image_reports": len(self.pairs.image_reports),
+                        "parallel": len(self.pairs.parallel), "skipped_images": 0}
 
     def _training_texts(self) -> list[str]:
         texts = [pair.text for pair in self.pairs.image_reports]
@@ -85,37 +113,74 @@ class AlignmentTask:
                 "data": data_description,
                 "train_split": self.recipe.data.train_split,
                 "val_split": self.recipe.data.val_split,
-                "pairs": {"image_reports": len(self.pairs.image_reports),
-                          "parallel": len(self.pairs.parallel),
-                          "skipped_images": len(self.pairs.skipped_images)},
+                "pairs": self._counts,  # live: each checkpoint records the skips so far
             },
         )
 
-    def batches(self, epoch: int) -> LazyBatches[Step, StepBatch]:
+    def batches(self, epoch: int) -> PlannedBatches[Step, StepBatch]:
         steps = plan_epoch(
             self.pairs, epoch=epoch, seed=self.recipe.train.seed,
             batch_size=self.recipe.data.batch_size,
             parallel_batch_size=self.recipe.data.parallel_batch_size,
             rank=self.rank, world_size=self.world_size,
         )
-        return LazyBatches(steps, epoch, self.collate)
+        return self.loader.epoch(steps, epoch)
 
-    def collate(self, step: Step, seed: tuple[int, int]) -> StepBatch:
-        """Images (randomly cropped when augmenting) and token batches of one step."""
+    def load_images(self, step: Step, place: tuple[int, int], alone: bool = False) -> StepImages:
+        """The step's images (randomly cropped when augmenting), read in a loader worker, or
+        with `alone` each in a process of its own (after a worker died on this step).
+
+        An image that cannot be read keeps its row as a placeholder (zeros: the mean image
+        after standardisation) that the loss leaves out, so every rank of a distributed run
+        still holds batches of one shape.  Each crop is drawn from a generator seeded by
+        (seed, epoch, step, pair), so it is the same with any number of workers and in a
+        resumed run.
+        """
+        spec = get_registry().modality(step.modality)
+        images: list[torch.Tensor | None] = []
+        failed = []
+        for position, index in enumerate(step.image_reports):
+            path = self.pairs.image_reports[index].image
+            try:
+                image = (_read_alone(spec, path, self.cache) if alone
+                         else load_image(spec, path, self.cache))
+            except M3fmError as exc:
+                failed.append((position, str(path), str(exc)))
+                images.append(None)
+                continue
+            if self.recipe.data.augment and image.ndim == 3:
+                image = random_crop(image, self._augmentation(place, index))
+            images.append(image)
+        shape = next((image.shape for image in images if image is not None), spec.slice_shape)
+        placeholder = torch.zeros(shape)
+        return StepImages(torch.stack([placeholder if image is None else image
+                                       for image in images]), tuple(failed))
+
+    def _augmentation(self, place: tuple[int, int], pair: int) -> torch.Generator:
+        epoch, step = place
+        seed = ((self.recipe.train.seed * 1_000_003 + epoch) * 1_000_003 + step) * 1_000_003
+        return torch.Generator().manual_seed(seed + pair)
+
+    def collate(self, step: Step, loaded: StepImages) -> StepBatch:
+        """The step's batch from its images and token batches of its reports and parallel
+        pairs; unreadable images are warned about (once each) and counted."""
+        for _, path, error in loaded.failed:
+            if path not in self.skipped:
+                self.skipped[path] = error
+                log.warning("skipping image: %s", error)
+        self._counts["skipped_images"] = len(self.skipped)
+        valid = None
+        if loaded.failed:
+            valid = torch.ones(len(step.image_reports), dtype=torch.bool)
+            valid[[position for position, _, _ in loaded.failed]] = False
         pairs = [self.pairs.image_reports[i] for i in step.image_reports]
-        images = torch.stack([self.pairs.images[pair.image] for pair in pairs])
-        if self.recipe.data.augment and images.ndim == 4:
-            epoch, index = seed
-            generator = torch.Generator().manual_seed(
-                ((self.recipe.train.seed * 1_000_003 + epoch) * 1_000_003 + index) * 64 + self.rank
-            )
-            images = random_crops(images, generator)
         parallel = [self.pairs.parallel[i] for i in step.parallel]
         tokenize = self.model.tokenize
         return StepBatch(
             modality=step.modality,
-            images=images,
+            images=loaded.images,
             reports=tokenize([pair.text for pair in pairs]),
+            valid=valid,
             anchors=tokenize([p.anchor for p in parallel]) if parallel else None,
             others=tokenize([p.other for p in parallel]) if parallel else None,
         )
@@ -129,7 +194,8 @@ class AlignmentTask:
         texts = {name: {key: value.to(device) for key, value in tokens.items()}
                  for name, tokens in texts.items()}
         out = model(modality=batch.modality, images=batch.images.to(device), **texts)
-        image_text = contrastive_loss(out["image"], out["reports"], out["logit_scale"])
+        valid = None if batch.valid is None else batch.valid.to(device)
+        image_text = contrastive_loss(out["image"], out["reports"], out["logit_scale"], valid)
         logs = {f"loss_image_text_{batch.modality}": image_text.item(),
                 "logit_scale": out["logit_scale"].item()}
         total = image_text
@@ -146,20 +212,28 @@ class AlignmentTask:
     def evaluate(self, model: MultiMedCLIP) -> dict[str, float]:
         """Retrieval recall@k on the validation split, flattened for the metrics log."""
         embedder = Embedder(model, device=next(model.parameters()).device)
-        rows = evaluate_retrieval(self.val_sets, embedder, images=self._val_images)
+        rows = evaluate_retrieval(self.val_sets, embedder, cache=self.cache,
+                                  workers=self.recipe.data.workers)
         return {
             f"{row['modality']}/{row['language']}/{row['direction']}/{metric}": row[metric]
             for row in rows for metric in ("R@1", "R@5", "R@10", "median_rank")
         }
 
 
-def random_crops(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A random square crop per image (side CROP_SCALE of the image), resized back."""
-    count, _, height, width = images.shape
+def _read_alone(spec, path: Path, cache: PreprocessCache | None) -> torch.Tensor:
+    """`path` preprocessed in a process of its own; an InputError if that process dies."""
+    _, image = next(preprocessed(spec, [path], workers=1, cache=cache))
+    if isinstance(image, M3fmError):
+        raise image
+    return image
+
+
+def random_crop(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random square crop of a (C, H, W) image (side CROP_SCALE of the image), resized back."""
+    _, height, width = image.shape
     low, high = CROP_SCALE
-    scale = low + (high - low) * torch.rand(count, generator=generator)
-    sides = scale * min(height, width)
-    x0 = torch.rand(count, generator=generator) * (width - sides)
-    y0 = torch.rand(count, generator=generator) * (height - sides)
-    boxes = torch.stack([torch.arange(count, dtype=torch.float), x0, y0, x0 + sides, y0 + sides], 1)
-    return roi_align(images, boxes, output_size=(height, width), aligned=True)
+    side = (low + (high - low) * torch.rand(1, generator=generator)) * min(height, width)
+    x0 = torch.rand(1, generator=generator) * (width - side)
+    y0 = torch.rand(1, generator=generator) * (height - side)
+    box = torch.cat([torch.zeros(1), x0, y0, x0 + side, y0 + side]).unsqueeze(0)
+    return roi_align(image.unsqueeze(0), box, output_size=(height, width), aligned=True)[0]

@@ -39,6 +39,11 @@ class MemoryBank:
     def languages(self) -> tuple[str, ...]:
         return tuple(key for key in self.embeddings if "/" not in key)
 
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Reports kept per key, as the model card states them."""
+        return {key: len(vectors) for key, vectors in self.embeddings.items()}
+
     def project(self, queries: torch.Tensor, language: str, temperature: float,
                 modality: str | None = None) -> torch.Tensor:
         """Softmax(cosine / temperature)-weighted means of the bank, L2-normalised.

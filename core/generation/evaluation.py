@@ -18,14 +18,12 @@ Baselines, computed from the training split:
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
-from m3fm.alignment.retrieval import RetrievalSet, retrieval_sets, set_images
+from m3fm.alignment.retrieval import RetrievalSet, retrieval_sets
+from m3fm.data.cache import PreprocessCache
 from m3fm.embedding import Embedder
 from m3fm.generation.config import DecodeConfig
 from m3fm.metrics.clinical import clinical_scores
@@ -58,12 +56,14 @@ def score_reports(
 
 
 def generate_for_sets(
-    reporter: ReportModel, sets: Sequence[RetrievalSet],
-    images: MutableMapping[Path, torch.Tensor] | None = None, decode: DecodeConfig | None = None,
+    reporter: ReportModel, sets: Sequence[RetrievalSet], decode: DecodeConfig | None = None, *,
+    cache: PreprocessCache | None = None, workers: int = 0,
 ) -> Iterator[tuple[RetrievalSet, list[str]]]:
-    """Each set with a generated report per image."""
+    """Each set with a generated report per image; images are read a batch at a time (in
+    `workers` processes), through the preprocessing `cache` when given."""
     for subset in sets:
-        embeddings = reporter.embed_images(set_images(subset, images), modality=subset.modality)
+        embeddings = reporter.embed_images(subset.images, modality=subset.modality,
+                                           workers=workers, cache=cache)
         yield subset, reporter.reports_from_embeddings(
             embeddings, subset.language, decode, modality=subset.modality
         )
@@ -120,15 +120,15 @@ def evaluate_report_models(
         raise UsageError(f"no given model writes {', '.join(sorted(unwritten))}; they write "
                          f"{', '.join(sorted(written))}")
     result = ReportEvaluation()
-    images: dict[Path, torch.Tensor] = {}
+    cache = PreprocessCache.resolve()  # each image is read once, whatever the number of models
     for name, model in models.items():
         own = [s for s in sets if s.language in model.report_languages]
-        for subset, reports in generate_for_sets(model, own, images, decode):
+        for subset, reports in generate_for_sets(model, own, decode, cache=cache):
             result.add(subset, name, reports)
     if baselines:
         train = [r for r in records if r.split == train_split and r.report.strip()]
         for subset in sets:
-            for name, reports in baseline_reports(subset, train, records, first, images, seed):
+            for name, reports in baseline_reports(subset, train, records, first, cache, seed):
                 result.add(subset, name, reports)
     result.rows.sort(key=lambda row: (row["modality"], row["language"]))  # models, then baselines
     return result
@@ -136,7 +136,7 @@ def evaluate_report_models(
 
 def baseline_reports(
     subset: RetrievalSet, train: Sequence[Record], records: Sequence[Record],
-    embedder: Embedder, images: MutableMapping[Path, torch.Tensor], seed: int,
+    embedder: Embedder, cache: PreprocessCache | None, seed: int,
 ) -> Iterator[tuple[str, list[str]]]:
     """The three baselines' reports for one set (see the module docstring)."""
     language = get_registry().language(subset.language)
@@ -156,7 +156,7 @@ def baseline_reports(
     yield "random-same-label", same_label
 
     unique = sorted(set(texts))
-    image_vectors = embedder.embed_images(set_images(subset, images), modality=subset.modality)
+    image_vectors = embedder.embed_images(subset.images, modality=subset.modality, cache=cache)
     text_vectors = embedder.embed_texts(unique, lang=subset.language)
     nearest = (image_vectors @ text_vectors.T).argmax(dim=1)
     yield "nearest-report", [unique[i] for i in nearest.tolist()]

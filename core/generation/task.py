@@ -18,30 +18,56 @@ import torch
 from m3fm.alignment.model import MultiMedCLIP
 from m3fm.alignment.retrieval import retrieval_sets
 from m3fm.data import read_sources
+from m3fm.data.cache import PreprocessCache
+from m3fm.data.streaming import preprocessed
 from m3fm.embedding import Embedder
 from m3fm.generation.bridge import MemoryBank
 from m3fm.generation.evaluation import generate_for_sets, score_reports
 from m3fm.generation.model import MultiMedLM
 from m3fm.generation.reporting import ReportModel, ReportModelConfig, save_report_artifacts
-from m3fm.imaging import preprocess
+from m3fm.progress import track
 from m3fm.recipes import GenerateRecipe
 from m3fm.registry import ConfigError, M3fmError, Record, get_registry
-from m3fm.training import LazyBatches, TrainingTask, seed_everything
+from m3fm.training import (
+    LoaderSettings,
+    PlannedBatches,
+    PlannedLoader,
+    TrainingTask,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 
+IMAGE_CHUNK = 256
+"""Training images held at once while their embeddings are computed."""
 
-@dataclass(frozen=True)
-class Example:
-    """One training target: a normalised report and the point of the space it is written from."""
 
-    language: str
-    report: str
-    embedding: torch.Tensor
-    from_text: bool
+TEXT_CHUNK = 4096
+"""Reports embedded per progress tick; the text tower still runs in its own smaller batches."""
+
+
+@dataclass
+class Examples:
+    """The generator's training targets, column by column: each a normalised report and the
+    point of the space it is written from.  Columns, not one object per report, keep a corpus
+    of 10^6 reports at about its embeddings' size (N × D floats) plus its text."""
+
+    reports: list[str]
+    languages: list[str]
+    modalities: list[str | None]
+    """The imaging domain each report describes, when its data set says."""
+    embeddings: torch.Tensor
+    from_text: torch.Tensor
     """Text embeddings get noise in training; image embeddings are used as they are."""
-    modality: str | None = None
-    """The imaging domain the report describes, when its data set says."""
+
+    def __len__(self) -> int:
+        return len(self.reports)
+
+    def __add__(self, other: Examples) -> Examples:
+        return Examples(self.reports + other.reports, self.languages + other.languages,
+                        self.modalities + other.modalities,
+                        torch.cat([self.embeddings, other.embeddings]),
+                        torch.cat([self.from_text, other.from_text]))
 
 
 @dataclass
@@ -67,42 +93,52 @@ class GenerationTask:
             )
         records = read_sources(recipe.data.sources, data_dir)
         embedder = Embedder(self.align, device="cpu")
+        self.cache = PreprocessCache.resolve(recipe.data.cache_dir)
         self.examples = self._text_examples(records, embedder)
         if recipe.data.image_pairs > 0:
             self.examples += self._image_examples(records, embedder)
-        self.bank = memory_bank(self.examples)
+        self.bank = memory_bank(self.examples, recipe.data.bank_size, recipe.train.seed)
         seed_everything(recipe.train.seed)
         self.model = MultiMedLM(recipe.model, self.align.config.embed_dim, self.align.tokenizer)
         self.val_sets = retrieval_sets(
             records, split=recipe.data.val_split, modalities=self.align.config.modalities,
             languages=languages,
         )
-        self._val_images: dict[Path, torch.Tensor] = {}
+        self.loader = PlannedLoader(self.collate, _whole, LoaderSettings())
 
-    def _text_examples(self, records: list[Record], embedder: Embedder) -> list[Example]:
-        examples = []
+    def _text_examples(self, records: list[Record], embedder: Embedder) -> Examples:
+        """Every training report of the generator's languages, embedded a chunk at a time."""
+        chosen: list[tuple[str, str, str | None]] = []
         for language in self.recipe.model.languages:
             normalize = get_registry().language(language).normalize
-            chosen = [(normalize(r.report), r.modality) for r in records
-                      if r.split == self.recipe.data.train_split and r.language == language]
-            chosen = [(report, modality) for report, modality in chosen if report.strip()]
-            if not chosen:
+            mine = [(language, normalize(r.report), r.modality) for r in records
+                    if r.split == self.recipe.data.train_split and r.language == language]
+            mine = [example for example in mine if example[1].strip()]
+            if not mine:
                 raise ConfigError(
                     f"no {language!r} reports in split {self.recipe.data.train_split!r} of the "
                     "recipe's data sources"
                 )
-            vectors = embedder.embed_texts([report for report, _ in chosen], lang=language)
-            examples += [Example(language, report, vector, True, modality)
-                         for (report, modality), vector in zip(chosen, vectors, strict=True)]
-        return examples
+            chosen += mine
+        vectors = torch.empty(len(chosen), self.align.config.embed_dim)
+        starts = range(0, len(chosen), TEXT_CHUNK)
+        for start in track(starts, "embedding training reports", total=len(starts)):
+            chunk = chosen[start:start + TEXT_CHUNK]
+            for language in dict.fromkeys(language for language, _, _ in chunk):
+                rows = [start + i for i, (lang, _, _) in enumerate(chunk) if lang == language]
+                vectors[rows] = embedder.embed_texts([chosen[i][1] for i in rows], lang=language)
+        return Examples([report for _, report, _ in chosen],
+                        [language for language, _, _ in chosen],
+                        [modality for _, _, modality in chosen], vectors,
+                        torch.ones(len(chosen), dtype=torch.bool))
 
-    def _image_examples(self, records: list[Record], embedder: Embedder) -> list[Example]:
+    def _image_examples(self, records: list[Record], embedder: Embedder) -> Examples:
         """A seeded `image_pairs` share of the training images, with their reports."""
         sets = retrieval_sets(
             records, split=self.recipe.data.train_split,
             modalities=self.align.config.modalities, languages=self.recipe.model.languages,
         )
-        examples = []
+        reports, languages, modalities, vectors = [], [], [], []
         for pairs in sets:
             order = list(range(len(pairs.images)))
             random.Random(self.recipe.train.seed).shuffle(order)
@@ -110,25 +146,32 @@ class GenerationTask:
             spec = get_registry().modality(pairs.modality)
             normalize = get_registry().language(pairs.language).normalize
             images, kept = [], []
-            for index in chosen:
-                try:
-                    images.append(preprocess(spec, pairs.images[index]))
-                    kept.append(index)
-                except M3fmError as exc:
-                    log.warning("skipped training image: %s", exc)
-            vectors = embedder.embed_images(images, modality=pairs.modality)  # batched
-            examples += [
-                Example(pairs.language, normalize(pairs.texts[index]), vector, False,
-                        pairs.modality)
-                for index, vector in zip(kept, vectors, strict=True)
-            ]
-        log.info("%d image–report pairs train the generator", len(examples))
-        return examples
+            loaded = preprocessed(spec, (pairs.images[index] for index in chosen),
+                                  workers=self.recipe.data.workers, cache=self.cache)
+            for index, (_, image) in zip(chosen, loaded, strict=True):
+                if isinstance(image, M3fmError):
+                    log.warning("skipped training image: %s", image)
+                    continue
+                images.append(image)
+                kept.append(index)
+                if len(images) == IMAGE_CHUNK:
+                    vectors.append(embedder.embed_images(images, modality=pairs.modality))
+                    images.clear()
+            if images:
+                vectors.append(embedder.embed_images(images, modality=pairs.modality))
+            reports += [normalize(pairs.texts[index]) for index in kept]
+            languages += [pairs.language] * len(kept)
+            modalities += [pairs.modality] * len(kept)
+        log.info("%d image–report pairs train the generator", len(reports))
+        embeddings = (torch.cat(vectors) if vectors
+                      else torch.empty(0, self.align.config.embed_dim))
+        return Examples(reports, languages, modalities, embeddings,
+                        torch.zeros(len(reports), dtype=torch.bool))
 
     def training_task(self, data_description: str, align_dir: Path) -> TrainingTask:
         """The task the generic training loop runs."""
         config = ReportModelConfig(generator=self.recipe.model, decode=self.recipe.decode)
-        counts = {language: sum(e.language == language for e in self.examples)
+        counts = {language: self.examples.languages.count(language)
                   for language in self.recipe.model.languages}
         return TrainingTask(
             model=self.model,
@@ -143,11 +186,12 @@ class GenerationTask:
                 "train_split": self.recipe.data.train_split,
                 "val_split": self.recipe.data.val_split,
                 "examples": counts,
-                "image_examples": sum(not e.from_text for e in self.examples),
+                "image_examples": int((~self.examples.from_text).sum()),
+                "memory_bank": self.bank.sizes,
             },
         )
 
-    def batches(self, epoch: int) -> LazyBatches[list[int], GeneratorBatch]:
+    def batches(self, epoch: int) -> PlannedBatches[list[int], GeneratorBatch]:
         """Shuffled batches of a function of (seed, epoch); each rank takes its slice."""
         order = list(range(len(self.examples)))
         random.Random(self.recipe.train.seed * 1_000_003 + epoch).shuffle(order)
@@ -162,23 +206,23 @@ class GenerationTask:
                 f"{len(order)} training examples do not fill one batch of {size}; "
                 "lower data.batch_size"
             )
-        return LazyBatches(batches, epoch, self.collate)
+        return self.loader.epoch(batches, epoch)
 
     def collate(self, indices: list[int], seed: tuple[int, int]) -> GeneratorBatch:
         """Embeddings (text ones with seeded noise), language ids and target labels."""
-        examples = [self.examples[i] for i in indices]
         epoch, index = seed
         generator = torch.Generator().manual_seed(
             ((self.recipe.train.seed * 1_000_003 + epoch) * 1_000_003 + index) * 64 + self.rank
         )
-        embeddings = torch.stack([e.embedding for e in examples])
+        examples = self.examples
+        embeddings = examples.embeddings[indices]
         noise = torch.randn(embeddings.shape, generator=generator) * self.recipe.model.noise_std
-        from_text = torch.tensor([e.from_text for e in examples]).unsqueeze(1)
+        from_text = examples.from_text[indices].unsqueeze(1)
         languages = self.recipe.model.languages
         return GeneratorBatch(
             embeddings=embeddings + noise * from_text,
-            language_ids=torch.tensor([languages.index(e.language) for e in examples]),
-            labels=self.model.tokenize_targets([e.report for e in examples]),
+            language_ids=torch.tensor([languages.index(examples.languages[i]) for i in indices]),
+            labels=self.model.tokenize_targets([examples.reports[i] for i in indices]),
         )
 
     def loss(self, model: torch.nn.Module, batch: GeneratorBatch) -> tuple[torch.Tensor, dict]:
@@ -190,7 +234,8 @@ class GenerationTask:
         reporter = ReportModel(self.align, model, self.bank, self.recipe.decode,
                                device=next(model.parameters()).device)
         metrics = {}
-        for pairs, reports in generate_for_sets(reporter, self.val_sets, self._val_images):
+        for pairs, reports in generate_for_sets(reporter, self.val_sets, cache=self.cache,
+                                                workers=self.recipe.data.workers):
             scores = score_reports(reports, list(pairs.texts), pairs.language)
             for name in ("BLEU-4", "CIDEr-D", "CE-F1", "CE-F1-positive"):
                 if scores[name] is not None:  # no clinical scores without an extractor
@@ -198,13 +243,23 @@ class GenerationTask:
         return metrics
 
 
-def memory_bank(examples: list[Example]) -> MemoryBank:
-    """The text examples' embeddings by language, and by modality and language."""
-    groups: dict[str, list[torch.Tensor]] = {}
-    for example in examples:
-        if example.from_text:
-            groups.setdefault(example.language, []).append(example.embedding)
-            if example.modality is not None:
-                key = f"{example.modality}/{example.language}"
-                groups.setdefault(key, []).append(example.embedding)
-    return MemoryBank({key: torch.stack(vectors) for key, vectors in groups.items()})
+def memory_bank(examples: Examples, size: int | None = None, seed: int = 0) -> MemoryBank:
+    """The text examples' embeddings by language, and by modality and language; at most
+    `size` per key, drawn at random with `seed` (the bank is searched for every image)."""
+    groups: dict[str, list[int]] = {}
+    for row in torch.nonzero(examples.from_text).flatten().tolist():
+        language, modality = examples.languages[row], examples.modalities[row]
+        groups.setdefault(language, []).append(row)
+        if modality is not None:
+            groups.setdefault(f"{modality}/{language}", []).append(row)
+    generator = torch.Generator().manual_seed(seed)
+    for key, rows in groups.items():
+        if size is not None and len(rows) > size:
+            keep = torch.randperm(len(rows), generator=generator)[:size].sort().values
+            groups[key] = [rows[i] for i in keep.tolist()]
+    return MemoryBank({key: examples.embeddings[rows] for key, rows in groups.items()})
+
+
+def _whole(indices: list[int], batch: GeneratorBatch) -> GeneratorBatch:
+    """Generator batches are built whole in one go (text only: no worker needed)."""
+    return batch

@@ -35,7 +35,24 @@ class DataSource(_Config):
     format: str | None = Field(None, description="Dataset format name; None detects it.")
 
 
-class AlignDataConfig(_Config):
+class LoadingConfig(_Config):
+    """How training images are read: in worker processes, through the preprocessing cache."""
+
+    workers: int = Field(
+        0, ge=0,
+        description="DataLoader worker processes that read and preprocess the images of the "
+        "next steps while the current one trains; 0 reads them in the training process.",
+    )
+    prefetch: int = Field(2, ge=1, description="Steps each worker prepares ahead.")
+    cache_dir: str | None = Field(
+        None,
+        description="Folder of the preprocessing cache shared by runs, ranks and workers; "
+        "'off' reads every image from its file each time; None: $M3FM_CACHE, else the "
+        "user cache folder (`m3fm data cache` fills it ahead).",
+    )
+
+
+class AlignDataConfig(LoadingConfig):
     """Which data, which splits, how they are batched."""
 
     sources: tuple[DataSource, ...] = Field(min_length=1, description="Data sets to read.")
@@ -92,7 +109,7 @@ class AlignmentSource(_Config):
             raise ValueError("give align.recipe or align.checkpoint")
 
 
-class GenerateDataConfig(_Config):
+class GenerateDataConfig(LoadingConfig):
     """Which reports (and, for few-shot and supervised settings, images) train the generator."""
 
     sources: tuple[DataSource, ...] = Field(min_length=1, description="Data sets to read.")
@@ -104,6 +121,12 @@ class GenerateDataConfig(_Config):
         description="Share of the training images whose embeddings, paired with their "
         "reports in the generator's languages, also train it: 0 is the zero-shot setting "
         "(text only), 0.1 few-shot, 1 supervised.",
+    )
+    bank_size: int | None = Field(
+        None, gt=0,
+        description="Most training reports the memory bridge keeps per language (and per "
+        "modality and language), drawn at random with the run's seed; None keeps them all. "
+        "The bank is stored with the model and searched for every image it reports on.",
     )
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from m3fm.recipes import AlignRecipe, GenerateRecipe, load_recipe
+from m3fm.recipes import AlignRecipe, GenerateRecipe, LoadingConfig, load_recipe
 from m3fm.training import FINAL_DIR, TrainResult
 from m3fm.training import train as run_training
 from m3fm.training.distributed import Ranks
@@ -34,9 +34,10 @@ def train_recipe(
 
 
 def _batch_settings(recipe: AlignRecipe | GenerateRecipe) -> dict[str, Any]:
-    """The recipe's data settings that decide the batches (all but the validation split), by
-    their ``--set`` names: a resumed run must keep them."""
-    data = recipe.data.model_dump(mode="json", exclude={"val_split"})
+    """The recipe's data settings that decide the batches, by their ``--set`` names: a resumed
+    run must keep them.  Not the validation split, nor how images are loaded (workers, cache),
+    which never changes a batch: a run may resume with more workers."""
+    data = recipe.data.model_dump(mode="json", exclude={"val_split", *LoadingConfig.model_fields})
     return {f"data.{name}": value for name, value in data.items()}
 
 

@@ -7,15 +7,18 @@ AMP and ``torch.compile`` on CUDA, atomic resumable checkpoints and a JSONL metr
 
 from m3fm.training.config import TrainConfig
 from m3fm.training.interrupt import TrainingInterrupted
+from m3fm.training.loader import LoaderSettings, PlannedBatches, PlannedLoader
 from m3fm.training.loop import FINAL_DIR, NonFiniteLossError, train
 from m3fm.training.rng import seed_everything
 from m3fm.training.runtime import Runtime, resolve_runtime
-from m3fm.training.task import LazyBatches, TrainingTask, TrainResult
+from m3fm.training.task import TrainingTask, TrainResult
 
 __all__ = [
     "FINAL_DIR",
-    "LazyBatches",
+    "LoaderSettings",
     "NonFiniteLossError",
+    "PlannedBatches",
+    "PlannedLoader",
     "Runtime",
     "TrainConfig",
     "TrainResult",

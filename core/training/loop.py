@@ -145,6 +145,7 @@ class _Run:
         self.saved_at: int | None = None
         self.log: MetricsLog | None = None
         self._epoch_batches: tuple[int, Sequence[Any]] | None = None
+        self._batch_iterator: Iterator[Any] | None = None
 
     def execute(self, *, resume: bool) -> TrainResult:
         if not resume:
@@ -311,16 +312,32 @@ class _Run:
             self._epoch_batches = (epoch, batches)
         return self._epoch_batches[1]
 
+    def _next_batch(self) -> Any:
+        """The batch at (epoch, batch_index), moving to the next epoch at the end of one.
+
+        The batches of an epoch are read through one iterator from where the run stands, so a
+        task that builds them ahead (in DataLoader workers) keeps building while steps run.
+        """
+        while True:
+            if self._batch_iterator is None:
+                batches = self._batches(self.epoch)
+                if self.batch_index >= len(batches):
+                    self.epoch, self.batch_index = self.epoch + 1, 0
+                    continue
+                self._batch_iterator = _iterate(batches, self.batch_index)
+            batch = next(self._batch_iterator, _END)
+            if batch is not _END:
+                return batch
+            self._batch_iterator = None
+            self.epoch, self.batch_index = self.epoch + 1, 0
+
     def _train_steps(self, progress: TrainingProgress) -> None:
         self.wrapped.train()
         window_start, window_steps = time.perf_counter(), 0
         while self.step < self.config.max_steps:
-            batches = self._batches(self.epoch)
-            if self.batch_index >= len(batches):
-                self.epoch, self.batch_index = self.epoch + 1, 0
-                continue
+            batch = self._next_batch()
             lr = self.optimizer.param_groups[0]["lr"]
-            loss, logs, stop = self._optimise(batches[self.batch_index])
+            loss, logs, stop = self._optimise(batch)
             self.step, self.batch_index, self.last_loss = self.step + 1, self.batch_index + 1, loss
             window_steps += 1
             progress.advance(self.step, loss)
@@ -471,6 +488,17 @@ class _Run:
 def _as_json(values: dict[str, Any]) -> dict[str, Any]:
     """`values` as metadata.json holds them (tuples as lists, paths as strings), to compare."""
     return json.loads(json.dumps(values, default=str))
+
+
+_END = object()
+
+
+def _iterate(batches: Sequence[Any], start: int) -> Iterator[Any]:
+    """The batches from `start` on: through the sequence's own ``iterate`` when it has one
+    (it builds batches ahead), else by index."""
+    if hasattr(batches, "iterate"):
+        return batches.iterate(start)
+    return (batches[index] for index in range(start, len(batches)))
 
 
 def _every(period: int, step: int) -> bool:

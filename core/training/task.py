@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import torch
 
@@ -25,7 +25,10 @@ class TrainingTask:
     """epoch -> this rank's batches for that epoch, the same list every time it is asked.
 
     The task shards the data by rank itself (``torch.distributed.get_rank()``) and gives every
-    rank the same number of batches; the loop indexes the sequence, so it may load lazily.
+    rank the same number of batches.  The loop reads it from the step where the run stands,
+    through its ``iterate(start)`` method when it has one (a
+    :class:`~m3fm.training.loader.PlannedBatches` builds batches ahead in worker processes),
+    else by index, so it may load lazily.
     """
     loss: Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
     """(model as the loop wrapped it — DDP and/or compiled —, batch) -> (loss, logs to record)."""
@@ -51,25 +54,3 @@ class TrainResult:
     """The last evaluation's metrics (empty when the task has no ``evaluate``)."""
     checkpoint: Path
     """The final model directory, ``OUT/final``."""
-
-
-Plan = TypeVar("Plan")
-Batch = TypeVar("Batch")
-
-
-class LazyBatches(Sequence[Batch], Generic[Plan, Batch]):
-    """An epoch's batches, each collated from its plan only when the loop asks for it, so a
-    resumed run skips the steps it already did without building them.
-
-    `collate(plan, (epoch, index))` gets the step's place, to seed its randomness from it.
-    """
-
-    def __init__(self, plans: Sequence[Plan], epoch: int,
-                 collate: Callable[[Plan, tuple[int, int]], Batch]) -> None:
-        self.plans, self.epoch, self.collate = plans, epoch, collate
-
-    def __len__(self) -> int:
-        return len(self.plans)
-
-    def __getitem__(self, index: int) -> Batch:  # type: ignore[override]
-        return self.collate(self.plans[index], (self.epoch, index))
