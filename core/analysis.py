@@ -2,21 +2,24 @@
 
 Inputs are loaded, embedded and decoded in batches, one result per input.  An input that
 cannot be read becomes a result with its error at once; the others go on, so a batch job
-never loses finished work to one bad file.
+never loses finished work to one bad file.  Inputs are taken lazily and loaded ahead (in
+worker processes with ``workers``), so memory holds about one batch whatever their number.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from m3fm.data.streaming import preprocessed
 from m3fm.diagnosis.zeroshot import PromptClassifier, as_mapping, combine, resolve_labels
 from m3fm.embedding import Embedder
 from m3fm.generation.config import DecodeConfig
 from m3fm.generation.reporting import ReportModel
-from m3fm.imaging import preprocess
-from m3fm.registry import M3fmError, UsageError, get_registry
+from m3fm.registry import M3fmError, ModalitySpec, UsageError, get_registry
 
 
 @dataclass(frozen=True)
@@ -33,12 +36,13 @@ class Analysis:
 
 
 def analyse_inputs(
-    model: Embedder, inputs: Sequence[Path], analysis: Analysis,
-    decode: DecodeConfig | None = None,
+    model: Embedder, inputs: Iterable[Path], analysis: Analysis,
+    decode: DecodeConfig | None = None, workers: int = 0,
 ) -> Iterator[dict[str, object]]:
     """Yield ``{"input", "modality", "language", "report"?, "diagnosis"?}`` or
     ``{"input", "error"}`` per input: an error as soon as the input fails to load, the others
-    a batch (``decode.batch_size``) at a time, in input order.
+    a batch (``decode.batch_size``) at a time, in input order; `workers` processes load the
+    inputs ahead (0: this process, when asked).
 
     Everything that would fail for every input (a modality, language or label the model
     lacks; a report asked of an alignment-only model) is refused here, before any input is read.
@@ -56,31 +60,45 @@ def analyse_inputs(
         labels = resolve_labels(modality, analysis.labels)
         classifier = PromptClassifier(model, labels, model.language(analysis.lang))
     decode = decode or getattr(model, "decode", DecodeConfig())
-    return _results(model, inputs, analysis, modality, classifier, decode, needs_reports)
+    batches = input_batches(get_registry().modality(modality), inputs, decode.batch_size,
+                            workers)
+    return _results(model, batches, analysis, modality, classifier, decode, needs_reports)
+
+
+def input_batches(
+    spec: ModalitySpec, inputs: Iterable[Path], size: int, workers: int = 0,
+) -> Iterator[dict[str, object] | list[tuple[Path, torch.Tensor]]]:
+    """Preprocessed inputs `size` at a time, as ``[(path, tensor), ...]``; an input that
+    fails is yielded at once as its result ``{"input", "error"}``, not after its batch."""
+    batch: list[tuple[Path, torch.Tensor]] = []
+    for path, loaded in preprocessed(spec, inputs, workers=workers):
+        if isinstance(loaded, M3fmError):
+            yield {"input": str(path), "error": str(loaded)}
+            continue
+        batch.append((path, loaded))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _results(
-    model: Embedder, inputs: Sequence[Path], analysis: Analysis, modality: str,
-    classifier: PromptClassifier | None, decode: DecodeConfig, needs_reports: bool,
+    model: Embedder, batches: Iterable[dict | list[tuple[Path, torch.Tensor]]],
+    analysis: Analysis, modality: str, classifier: PromptClassifier | None,
+    decode: DecodeConfig, needs_reports: bool,
 ) -> Iterator[dict[str, object]]:
-    spec = get_registry().modality(modality)
-    for start in range(0, len(inputs), decode.batch_size):
-        chunk = inputs[start:start + decode.batch_size]
-        loaded = {}
-        for path in chunk:
-            try:
-                loaded[path] = preprocess(spec, path)
-            except M3fmError as exc:
-                yield {"input": str(path), "error": str(exc)}  # at once, not after the batch
-        if not loaded:
+    for batch in batches:
+        if isinstance(batch, dict):
+            yield batch
             continue
-        embeddings = model.embed_images(list(loaded.values()), modality=modality)
+        embeddings = model.embed_images([image for _, image in batch], modality=modality)
         reports = (model.reports_from_embeddings(embeddings, analysis.lang, decode,
                                                  modality=modality)
-                   if needs_reports else [None] * len(loaded))
+                   if needs_reports else [None] * len(batch))
         diagnoses = (_diagnoses(classifier, analysis.diagnosis_from, embeddings, reports)
-                     if classifier is not None else [None] * len(loaded))
-        for path, report, diagnosis in zip(loaded, reports, diagnoses, strict=True):
+                     if classifier is not None else [None] * len(batch))
+        for (path, _), report, diagnosis in zip(batch, reports, diagnoses, strict=True):
             result: dict[str, object] = {"input": str(path), "modality": modality,
                                          "language": analysis.lang}
             if analysis.report:

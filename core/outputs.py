@@ -2,7 +2,7 @@
 
 * :class:`ResultsFile` opens a ``--out`` file for one process only (an advisory ``flock`` that
   the kernel drops when the process dies, even by ``kill -9``), checks it before any model is
-  loaded, and only then truncates it.
+  loaded, and only then truncates it, or, resuming, appends after its last complete line.
 * :func:`lock_directory` gives a run folder (``m3fm train --out``) to one process at a time.
 * :func:`json_text` encodes results losslessly, file names that are not valid UTF-8 included.
 
@@ -88,15 +88,20 @@ class ResultsFile:
 
     Opening checks the path and takes the lock without truncating, so that a second process
     given the same file is refused before it can destroy the first one's results; the file is
-    emptied only when the first result arrives, so a run that fails before producing anything
-    leaves the previous results in place.
+    emptied only when the first result arrives (or :meth:`empty` is called), so a run that
+    fails before producing anything leaves the previous results in place.
+
+    With `resume` the file is kept and appended to; a last line without its newline (left by
+    a kill in the middle of a write) is cut off first, so that no result is glued to it.
     """
 
-    def __init__(self, path: Path, option: str = "--out") -> None:
+    def __init__(self, path: Path, option: str = "--out", resume: bool = False) -> None:
         self.path, self.option, self.written = path, option, 0
+        self._emptied = resume
         check_output_path(path, option)
         try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
+            descriptor = os.open(path, (os.O_RDWR if resume else os.O_WRONLY) | os.O_CREAT,
+                                 0o666)
         except OSError as error:
             raise OutputError(f"{option} {shown_path(path)}: cannot write it: "
                               f"{error.strerror}") from None
@@ -105,13 +110,29 @@ class ResultsFile:
         except BaseException:
             os.close(descriptor)
             raise
+        if resume and stat.S_ISREG(os.fstat(descriptor).st_mode):
+            try:
+                end = _complete_length(descriptor)
+                os.ftruncate(descriptor, end)
+                os.lseek(descriptor, end, os.SEEK_SET)
+            except OSError as error:
+                os.close(descriptor)
+                raise write_failure(error, path, 0, option) from None
         self._file = open(descriptor, "w", encoding="utf-8", closefd=True)  # noqa: SIM115
+
+    def empty(self) -> None:
+        """Truncate the file now, unless this run has done so (or is resuming it)."""
+        try:
+            if not self._emptied and stat.S_ISREG(os.fstat(self._file.fileno()).st_mode):
+                self._file.truncate(0)
+        except OSError as error:
+            raise write_failure(error, self.path, self.written, self.option) from None
+        self._emptied = True
 
     def write(self, line: str) -> None:
         """Append one line (a JSON text) and flush it, so it survives a later crash."""
+        self.empty()
         try:
-            if self.written == 0 and stat.S_ISREG(os.fstat(self._file.fileno()).st_mode):
-                self._file.truncate(0)
             self._file.write(line + "\n")
             self._file.flush()
         except OSError as error:
@@ -119,6 +140,9 @@ class ResultsFile:
         self.written += 1
 
     def close(self) -> None:
+        if self._file.closed:
+            return
+        _unlock(self._file.fileno())
         try:
             self._file.close()
         except OSError as error:  # the last flush can still find the disk full
@@ -129,6 +153,18 @@ class ResultsFile:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _complete_length(descriptor: int, chunk: int = 1 << 16) -> int:
+    """Bytes up to and including the file's last newline: its complete lines."""
+    end = os.fstat(descriptor).st_size
+    while end > 0:
+        start = max(0, end - chunk)
+        newline = os.pread(descriptor, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0
 
 
 def write_failure(error: OSError, path: Path, written: int, option: str = "--out") -> OutputError:
@@ -162,6 +198,7 @@ def lock_directory(folder: Path, what: str) -> Iterator[None]:
         os.write(descriptor, f"{os.getpid()}\n".encode())
         yield
     finally:
+        _unlock(descriptor)
         os.close(descriptor)  # closing releases the lock
 
 
@@ -176,6 +213,30 @@ def _lock(descriptor: int, what: str, names_holder: bool = False) -> None:
                               "to finish or choose another output") from None
     except OSError:  # a file system without locks (some network mounts): go on unlocked
         return
+    _HELD_LOCKS.add(descriptor)
+
+
+def _unlock(descriptor: int) -> None:
+    """Forget `descriptor` before it is closed (closing releases its lock)."""
+    _HELD_LOCKS.discard(descriptor)
+
+
+_HELD_LOCKS: set[int] = set()
+"""Descriptors whose flock this process holds."""
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker), close its copies of the parent's locked
+    descriptors: a flock lives as long as any copy is open, so a worker outliving a killed
+    parent by a few seconds would otherwise keep the parent's output busy."""
+    for descriptor in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(descriptor)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 def _holder(descriptor: int) -> str:

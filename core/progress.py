@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sized
 from typing import TypeVar
 
 from rich.console import Console
@@ -16,15 +16,15 @@ SHOW_ABOVE = 5
 _stderr = Console(stderr=True)
 
 
-def track(
-    items: Sequence[T] | Iterable[T], description: str, total: int | None = None
-) -> Iterator[T]:
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
     """Iterate over `items`, showing a progress bar on stderr when there are many of them.
 
-    `total` is the item count of an iterable without a length (a generator of results).
+    `total` is the item count of an iterable without a length (a generator of results); when
+    neither is known (inputs listed as they are found) the bar only shows that work goes on.
     """
-    total = len(items) if total is None else total  # type: ignore[arg-type]
+    if total is None and isinstance(items, Sized):
+        total = len(items)
     yield from rich_track(
         items, description=description, total=total, console=_stderr,
-        disable=total <= SHOW_ABOVE, transient=True,
+        disable=total is not None and total <= SHOW_ABOVE, transient=True,
     )

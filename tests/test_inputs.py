@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from m3fm.inputs import collect_inputs, is_dicom_series
+import m3fm.inputs
+from m3fm.inputs import collect_inputs, is_dicom_series, iter_inputs
 from m3fm.registry import ModalitySpec
 
 
@@ -41,3 +43,29 @@ def test_missing_and_empty_paths_are_kept_to_be_reported(tmp_path):
     missing, empty = tmp_path / "missing.png", tmp_path / "empty"
     empty.mkdir()
     assert collect_inputs(_modality(True), [missing, empty, missing]) == [missing, empty]
+
+
+def test_listing_starts_before_the_tree_is_walked(tmp_path, monkeypatch):
+    _touch(*(tmp_path / f"d{folder}" / f"{index}.png" for folder in range(3)
+             for index in range(3)))
+    opened, real_scandir = [], os.scandir
+
+    def scandir(path):
+        opened.append(Path(path).name)
+        return real_scandir(path)
+
+    monkeypatch.setattr(m3fm.inputs.os, "scandir", scandir)
+    inputs = iter_inputs(_modality(False), [tmp_path])
+    assert opened == []  # a generator: nothing is read before the first input is asked for
+    assert next(inputs) == tmp_path / "d0" / "0.png"
+    assert opened == [tmp_path.name, "d0"]  # the other folders are not opened yet
+
+
+def test_listing_order_is_sorted_paths_and_overlapping_arguments_count_once(tmp_path):
+    files = [tmp_path / "a" / "z.png", tmp_path / "a.png", tmp_path / "a" / "b" / "c.png",
+             tmp_path / "a-b.png"]
+    _touch(*files)
+    demo = _modality(False)
+    assert collect_inputs(demo, [tmp_path]) == sorted(files)
+    assert collect_inputs(demo, [tmp_path / "a.png", tmp_path, tmp_path / "a"]) == [
+        tmp_path / "a.png", *(path for path in sorted(files) if path.name != "a.png")]

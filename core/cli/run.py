@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -15,8 +14,14 @@ from m3fm.cli.models import decoding, load_model
 from m3fm.cli.results import Tally, emit_results
 from m3fm.diagnosis import SOURCES
 from m3fm.generation import DecodeConfig
-from m3fm.outputs import ResultsFile, check_output_path, json_text, shown_path, write_failure
+from m3fm.outputs import check_output_path, json_text, shown_path, write_failure
 from m3fm.registry import M3fmError, UsageError, get_registry
+
+WORKERS = click.option(
+    "--workers", type=click.IntRange(min=0), default=0, show_default=True,
+    help="Processes that read and preprocess inputs ahead of the model; 0 reads them in "
+    "this process.")
+"""`--workers` of `run` and `embed`: decoding the inputs overlaps with the model's work."""
 
 
 @cli.command()
@@ -41,21 +46,28 @@ from m3fm.registry import M3fmError, UsageError, get_registry
               "report, or the mean of both.")
 @click.option("--no-report", is_flag=True,
               help="Diagnosis only; an alignment-only --checkpoint is then enough.")
+@click.option("--resume", is_flag=True,
+              help="Skip the inputs that already have a line (result or error) in --out and "
+              "append the others.")
+@WORKERS
 @click.argument("paths", nargs=-1, required=True, type=PathArg)
 def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
         as_json: bool, bridge: str | None, beams: int | None,
         memory_temperature: float | None, labels: str | None, no_diagnosis: bool,
-        diagnosis_from: str, no_report: bool, paths: tuple[Path, ...]) -> None:
+        diagnosis_from: str, no_report: bool, resume: bool, workers: int,
+        paths: tuple[Path, ...]) -> None:
     """Write a report in --lang and zero-shot label probabilities for each image, DICOM
     file, NIfTI volume or folder in PATHS.
 
     Inputs are processed in batches, and each result is written as soon as it is finished: an
     input that cannot be read at once, with its error, while the others go on; the exit code
-    is 1 only when no input could be processed.
+    is 1 only when no input could be processed. Under torchrun each rank takes its share of
+    the inputs, and rank 0 merges the ranks' results into --out in input order.
     """
     from m3fm.analysis import Analysis, analyse_inputs
+    from m3fm.batch_jobs import ResultsJob, Shard, joined
     from m3fm.diagnosis.zeroshot import resolve_labels
-    from m3fm.inputs import collect_inputs
+    from m3fm.inputs import iter_inputs
     from m3fm.progress import track
 
     if no_report and no_diagnosis:
@@ -66,18 +78,30 @@ def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
     chosen = () if no_diagnosis else resolve_labels(modality, _split_labels(labels))
     analysis = Analysis(modality, language, report=not no_report, labels=chosen,
                         diagnosis_from=diagnosis_from)
-    with contextlib.ExitStack() as stack:
-        # --out is checked and locked before the model loads: a bad path fails in a second
-        sink = stack.enter_context(ResultsFile(out)) if out is not None else None
+    shard = Shard.from_env()
+    # --out is checked and locked before the model loads: a bad path fails in a second
+    with joined(shard), ResultsJob(out, resume, shard) as job:
         model = load_model(checkpoint, reports=analysis.report or diagnosis_from != "image")
         decode = decoding(getattr(model, "decode", DecodeConfig()), bridge, beams,
                           memory_temperature)
-        inputs = collect_inputs(spec, paths)
-        results = analyse_inputs(model, inputs, analysis, decode)
-        tally = emit_results(track(results, "analysing inputs", total=len(inputs)), out=sink,
+        job.start()
+        results = analyse_inputs(model, job.pending(iter_inputs(spec, paths)), analysis,
+                                 decode, workers=_checked(workers))
+        tally = emit_results(track(results, "analysing inputs"), out=job.sink,
                              as_json=as_json, render=_as_text)
-    if tally.failed == tally.done:
-        raise M3fmError(f"no input could be processed ({tally.failed} failed)")
+        job.finish(lambda: iter_inputs(spec, paths))
+        done, failed = shard.total(tally.done, tally.failed)
+    if done == 0:
+        click.echo(f"m3fm: every input already has a line in {shown_path(out)}", err=True)
+    elif failed == done:
+        raise M3fmError(f"no input could be processed ({failed} failed)")
+
+
+def _checked(workers: int) -> int:
+    """`--workers`, warned about when too many; torch is imported only once a command runs."""
+    from m3fm.data.streaming import check_workers
+
+    return check_workers(workers)
 
 
 def _split_labels(labels: str | None) -> list[str] | None:
@@ -101,9 +125,10 @@ def _as_text(result: dict) -> str:
 @click.option("--texts", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="A text file with one report per line, embedded instead of images.")
 @click.option("--out", type=PathArg, help="Write a .safetensors file instead of JSON Lines.")
+@WORKERS
 @click.argument("paths", nargs=-1, type=PathArg)
 def embed(checkpoint: Path, modality: str | None, language: str | None, texts: Path | None,
-          out: Path | None, paths: tuple[Path, ...]) -> None:
+          out: Path | None, workers: int, paths: tuple[Path, ...]) -> None:
     """Embed images (PATHS) or reports (--texts with --lang) into the shared space.
 
     Vectors are L2-normalised. Images that fail to load are reported and left out; the exit
@@ -123,7 +148,7 @@ def embed(checkpoint: Path, modality: str | None, language: str | None, texts: P
         results = [{"input": item, "embedding": vector} for item, vector in
                    zip(inputs, embedder.embed_texts(inputs, lang=language).tolist(), strict=True)]
     else:
-        results = _embedded_files(embedder, modality, paths)
+        results = _embedded_files(embedder, modality, paths, _checked(workers))
     if out is None:
         tally = emit_results(results, out=None, as_json=True, render=None)
     else:
@@ -132,26 +157,23 @@ def embed(checkpoint: Path, modality: str | None, language: str | None, texts: P
         sys.exit(1)
 
 
-def _embedded_files(embedder, modality: str | None, paths: tuple[Path, ...]) -> Iterator[dict]:
+def _embedded_files(embedder, modality: str | None, paths: tuple[Path, ...],
+                    workers: int) -> Iterator[dict]:
     """``{"input", "embedding"}`` or ``{"input", "error"}`` per image, a batch at a time."""
-    from m3fm.imaging import preprocess
-    from m3fm.inputs import collect_inputs
+    from m3fm.analysis import input_batches
+    from m3fm.inputs import iter_inputs
     from m3fm.progress import track
 
     modality = embedder.modality(modality)
     spec = get_registry().modality(modality)
-    inputs = collect_inputs(spec, paths)
-    loaded: dict[Path, object] = {}
-    for number, path in enumerate(track(inputs, "embedding"), start=1):
-        try:
-            loaded[path] = preprocess(spec, path)
-        except M3fmError as exc:
-            yield {"input": str(path), "error": str(exc)}
-        if len(loaded) == EMBED_BATCH or (number == len(inputs) and loaded):
-            vectors = embedder.embed_images(list(loaded.values()), modality=modality)
-            for item, vector in zip(loaded, vectors.tolist(), strict=True):
-                yield {"input": str(item), "embedding": vector}
-            loaded.clear()
+    batches = input_batches(spec, iter_inputs(spec, paths), EMBED_BATCH, workers)
+    for batch in track(batches, "embedding"):
+        if isinstance(batch, dict):
+            yield batch
+            continue
+        vectors = embedder.embed_images([image for _, image in batch], modality=modality)
+        for (path, _), vector in zip(batch, vectors.tolist(), strict=True):
+            yield {"input": str(path), "embedding": vector}
 
 
 EMBED_BATCH = 32
