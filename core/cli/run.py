@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import click
@@ -124,49 +124,84 @@ def _as_text(result: dict) -> str:
 @click.option("--lang", "language", help="Language of the reports in --texts.")
 @click.option("--texts", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="A text file with one report per line, embedded instead of images.")
-@click.option("--out", type=PathArg, help="Write a .safetensors file instead of JSON Lines.")
+@click.option("--out", type=PathArg,
+              help="A .safetensors file of all vectors, written at the end; any other name "
+              "is a JSON Lines file written as vectors come (resumable, shardable).")
+@click.option("--resume", is_flag=True,
+              help="Skip the inputs already in the JSON Lines --out and append the others.")
 @WORKERS
 @click.argument("paths", nargs=-1, type=PathArg)
 def embed(checkpoint: Path, modality: str | None, language: str | None, texts: Path | None,
-          out: Path | None, workers: int, paths: tuple[Path, ...]) -> None:
+          out: Path | None, resume: bool, workers: int, paths: tuple[Path, ...]) -> None:
     """Embed images (PATHS) or reports (--texts with --lang) into the shared space.
 
     Vectors are L2-normalised. Images that fail to load are reported and left out; the exit
-    code is then 1, after the others are written.
+    code is then 1, after the others are written. With a JSON Lines --out (or none), the run
+    can be resumed and, under torchrun, sharded like `m3fm run`.
     """
+    from m3fm.batch_jobs import ResultsJob, Shard, joined
     from m3fm.generation import load
 
     if bool(paths) == bool(texts):
         raise UsageError("give either image PATHS or --texts FILE")
     if texts is not None and language is None:
         raise UsageError("--texts needs --lang")
-    if out is not None:
+    shard = Shard.from_env()
+    if out is not None and out.suffix.lower() == ".safetensors":
+        if resume or shard.size > 1:
+            raise UsageError("--resume and torchrun need a JSON Lines --out (e.g. vectors.jsonl):"
+                             " a .safetensors file is written whole, at the end")
         check_output_path(out)
-    embedder = load(checkpoint)
-    if texts is not None:
-        inputs = [line for line in texts.read_text(encoding="utf-8").splitlines() if line.strip()]
-        results = [{"input": item, "embedding": vector} for item, vector in
-                   zip(inputs, embedder.embed_texts(inputs, lang=language).tolist(), strict=True)]
-    else:
-        results = _embedded_files(embedder, modality, paths, _checked(workers))
-    if out is None:
-        tally = emit_results(results, out=None, as_json=True, render=None)
-    else:
-        tally = _save_embeddings(results, out)
-    if tally.failed:
+        tally = _save_embeddings(_embeddings(load(checkpoint), modality, language, texts, paths,
+                                             workers, lambda inputs: inputs), out)
+        if tally.failed:
+            sys.exit(1)
+        return
+    with joined(shard), ResultsJob(out, resume, shard) as job:
+        embedder = load(checkpoint)
+        job.start()
+        results = _embeddings(embedder, modality, language, texts, paths, workers, job.pending)
+        tally = emit_results(results, out=job.sink, as_json=out is None, render=None)
+        job.finish(lambda: _embed_inputs(embedder, modality, texts, paths))
+        done, failed = shard.total(tally.done, tally.failed)
+    if out is not None:
+        click.echo(f"{done - failed} embeddings in {shown_path(out)}")
+    if failed:
         sys.exit(1)
 
 
-def _embedded_files(embedder, modality: str | None, paths: tuple[Path, ...],
+def _embed_inputs(embedder, modality: str | None, texts: Path | None,
+                  paths: tuple[Path, ...]) -> Iterable:
+    """What `embed` embeds, in order: the lines of `texts`, or the images PATHS name."""
+    from m3fm.inputs import iter_inputs
+
+    if texts is not None:
+        return [line for line in texts.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return iter_inputs(get_registry().modality(embedder.modality(modality)), paths)
+
+
+def _embeddings(embedder, modality: str | None, language: str | None, texts: Path | None,
+                paths: tuple[Path, ...], workers: int,
+                share: Callable[[Iterable], Iterable]) -> Iterator[dict]:
+    """``{"input", "embedding"}`` (or ``{"input", "error"}``) for this process's `share` of
+    the inputs."""
+    inputs = share(_embed_inputs(embedder, modality, texts, paths))
+    if texts is not None:
+        mine = list(inputs)
+        vectors = embedder.embed_texts(mine, lang=language).tolist()
+        return ({"input": item, "embedding": vector}
+                for item, vector in zip(mine, vectors, strict=True))
+    return _embedded_files(embedder, embedder.modality(modality), inputs, _checked(workers))
+
+
+def _embedded_files(embedder, modality: str, inputs: Iterable[Path],
                     workers: int) -> Iterator[dict]:
     """``{"input", "embedding"}`` or ``{"input", "error"}`` per image, a batch at a time."""
     from m3fm.analysis import input_batches
-    from m3fm.inputs import iter_inputs
     from m3fm.progress import track
 
-    modality = embedder.modality(modality)
     spec = get_registry().modality(modality)
-    batches = input_batches(spec, iter_inputs(spec, paths), EMBED_BATCH, workers)
+    batches = input_batches(spec, inputs, EMBED_BATCH, workers)
     for batch in track(batches, "embedding"):
         if isinstance(batch, dict):
             yield batch
