@@ -14,13 +14,35 @@ from rich.console import Console
 from rich.table import Table
 
 from m3fm import __version__
-from m3fm.outputs import json_text
+from m3fm.outputs import json_text, shown_path
 from m3fm.registry import PLUGIN_API_VERSION
 
 console = Console()
 err_console = Console(stderr=True)
 
 PathArg = click.Path(path_type=Path)
+
+
+class ModelFolder(click.Path):
+    """A ``--checkpoint`` folder: a model, or a training run's output folder, whose ``final/``
+    model is meant (m3fm says which folder it uses)."""
+
+    name = "model folder"
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path, exists=True, file_okay=False)
+
+    def convert(self, value, param, ctx) -> Path:
+        folder = super().convert(value, param, ctx)
+        final = folder / "final"
+        if not (folder / "config.json").is_file() and (final / "config.json").is_file():
+            click.echo(f"m3fm: using {shown_path(final)}, the final model of the training run "
+                       f"in {shown_path(folder)}", err=True)
+            return final
+        if not (folder / "config.json").is_file():
+            self.fail(f"{shown_path(folder)} holds no m3fm model (no config.json): give a "
+                      "model folder, such as a training run's final/", param, ctx)
+        return folder
 
 
 def print_json(payload: object) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from m3fm.cli.app import PathArg, cells, cli, table
+from m3fm.cli.app import ModelFolder, PathArg, cells, cli, table
 from m3fm.cli.models import decoding, report_model
 from m3fm.outputs import OutputError, check_output_path, json_text, save_text
 from m3fm.registry import M3fmError, UsageError, get_registry
@@ -14,8 +14,9 @@ from m3fm.registry import M3fmError, UsageError, get_registry
 
 @cli.command()
 @click.option("--checkpoint", "checkpoints", required=True, multiple=True,
-              type=click.Path(path_type=Path, exists=True, file_okay=False),
-              help="Model directory; repeat it to compare report models in one table.")
+              type=ModelFolder(),
+              help="Model directory (or a training run's folder, for its final/); repeat it "
+              "to compare report models in one table.")
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path, exists=True),
               help="Data set folder or file.")
 @click.option("--format", "format_name", help="Dataset format; detected when omitted.")

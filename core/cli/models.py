@@ -26,11 +26,12 @@ def decoding(default, bridge: str | None, beams: int | None, temperature: float 
 
 
 def load_model(checkpoint: Path | None, reports: bool):
-    """The model in `checkpoint` (the bundled default when None); a report model if `reports`."""
+    """The model in `checkpoint` (the bundled default when None); a report model if `reports`.
+
+    `checkpoint` comes through :class:`~m3fm.cli.app.ModelFolder`: a folder holding a model.
+    """
     if reports or checkpoint is None:
         return report_model(checkpoint)
-    if not checkpoint.is_dir():
-        raise UsageError(f"--checkpoint {checkpoint}: no such directory")
     from m3fm.generation import load
 
     return load(checkpoint)
@@ -43,8 +44,6 @@ def report_model(checkpoint: Path | None):
 
     if checkpoint is None:
         checkpoint = default_model_dir()
-    elif not checkpoint.is_dir():
-        raise UsageError(f"--checkpoint {checkpoint}: no such directory")
     elif not is_report_model(checkpoint):
         raise UsageError(
             f"--checkpoint {checkpoint}: not a report model (an alignment checkpoint cannot "

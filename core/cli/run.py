@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from m3fm.cli.app import PathArg, cli
+from m3fm.cli.app import ModelFolder, PathArg, cli
 from m3fm.cli.models import decoding, load_model
 from m3fm.cli.results import Tally, emit_results
 from m3fm.diagnosis import SOURCES
@@ -28,8 +28,9 @@ WORKERS = click.option(
 @click.option("--plugin", "modality", required=True, help="Modality plugin, e.g. ct or cxr.")
 @click.option("--lang", "language", default="en", show_default=True,
               help="Report language, e.g. en or zh.")
-@click.option("--checkpoint", type=PathArg,
-              help="Report-model directory; default: the bundled m3fm-small model.")
+@click.option("--checkpoint", type=ModelFolder(),
+              help="Report-model directory (or a training run's folder, for its final/); "
+              "default: the bundled m3fm-small model.")
 @click.option("--out", type=PathArg,
               help="Also write one JSON object per input to this JSON Lines file.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON Lines instead of text.")
@@ -118,8 +119,8 @@ def _as_text(result: dict) -> str:
 
 
 @cli.command()
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path, exists=True),
-              help="Model directory.")
+@click.option("--checkpoint", required=True, type=ModelFolder(),
+              help="Model directory (or a training run's folder, for its final/).")
 @click.option("--plugin", "modality", help="Modality of the images in PATHS.")
 @click.option("--lang", "language", help="Language of the reports in --texts.")
 @click.option("--texts", type=click.Path(path_type=Path, exists=True, dir_okay=False),
