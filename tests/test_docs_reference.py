@@ -14,8 +14,10 @@ import yaml
 from conftest import REPO
 from pydantic import BaseModel
 
+from m3fm import __version__
 from m3fm.generation.reporting import ReportModelConfig
 from m3fm.recipes import RECIPE_STAGES, available_recipes, load_recipe, recipe_path
+from m3fm.registry import PLUGIN_API_VERSION
 from m3fm.registry.catalog import CatalogEntry, read_entry
 
 PAGE = REPO / "docs" / "reference" / "recipes.md"
@@ -121,3 +123,17 @@ def test_the_recipes_and_catalog_entry_in_the_authoring_guide_are_valid(tmp_path
     entry = tmp_path / "ko.toml"
     entry.write_text(entries[0], encoding="utf-8")
     assert read_entry(entry).name == entry.stem
+
+
+def test_pages_quote_the_real_version_line():
+    """Getting started shows what `m3fm version` prints, generated when the site is built."""
+    spec = importlib.util.spec_from_file_location("hooks_version",
+                                                  REPO / "docs" / "hooks_version.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    page = (REPO / "docs" / "getting-started.md").read_text(encoding="utf-8")
+    assert hook.MARKER in page and "plugin_api=" not in page
+    rendered = hook.on_page_markdown(page, page=None)
+    assert f"plugin_api={PLUGIN_API_VERSION} " in rendered and f"m3fm={__version__} " in rendered
+    config = yaml.safe_load((REPO / "mkdocs.yml").read_text(encoding="utf-8"))
+    assert "docs/hooks_version.py" in config["hooks"]
