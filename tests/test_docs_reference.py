@@ -137,3 +137,14 @@ def test_pages_quote_the_real_version_line():
     assert f"plugin_api={PLUGIN_API_VERSION} " in rendered and f"m3fm={__version__} " in rendered
     config = yaml.safe_load((REPO / "mkdocs.yml").read_text(encoding="utf-8"))
     assert "docs/hooks_version.py" in config["hooks"]
+
+
+def test_the_cli_reference_shows_no_click_sentinel():
+    """mkdocs-click 0.9 prints click 8.3's UNSET marker; the hook shows None instead."""
+    spec = importlib.util.spec_from_file_location("hooks_cli", REPO / "docs" / "hooks_cli.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    row = "<td><code>--json</code></td><td>boolean</td><td><code>Sentinel.UNSET</code></td>"
+    assert hook.on_page_content(row, page=None) == row.replace("Sentinel.UNSET", "None")
+    config = yaml.safe_load((REPO / "mkdocs.yml").read_text(encoding="utf-8"))
+    assert "docs/hooks_cli.py" in config["hooks"]
