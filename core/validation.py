@@ -6,8 +6,12 @@ from pydantic import ValidationError
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """The first invalid field as ``a.b.c: message (got value)``, plus how many more."""
-    errors = exc.errors()
+    """The first invalid field as ``a.b.c: message (got value)``, plus how many more.
+
+    A field the model does not know comes first: a misspelt ``max_step`` also leaves
+    ``max_steps`` missing, and the misspelling is what the user has to fix.
+    """
+    errors = sorted(exc.errors(), key=lambda error: error["type"] != "extra_forbidden")
     first = errors[0]
     where = ".".join(str(part) for part in first["loc"]) or "value"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""

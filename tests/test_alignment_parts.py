@@ -15,7 +15,7 @@ from m3fm.alignment.data import AlignmentPairs, ImageReport, ParallelReports, pl
 from m3fm.alignment.losses import contrastive_loss, distillation_loss
 from m3fm.alignment.model import MultiMedCLIP
 from m3fm.alignment.retrieval import rank_metrics
-from m3fm.recipes import available_recipes, load_recipe
+from m3fm.recipes import available_recipes, load_recipe, recipe_path
 from m3fm.registry import ConfigError, InputError, UnknownNameError
 from m3fm.tokenizer import train_tokenizer
 
@@ -177,6 +177,11 @@ def test_recipe_overrides_and_their_errors(tmp_path):
         load_recipe("cov-ctr-align", {"model.text.widht": "3"})
     with pytest.raises(UnknownNameError, match="unknown recipe 'nope'; installed: cov-ctr-align"):
         load_recipe("nope")
+    misspelt = tmp_path / "misspelt.toml"  # max_steps misspelt: also missing, named second
+    misspelt.write_text((recipe_path("cov-ctr-align")).read_text().replace("max_steps", "max_step"))
+    with pytest.raises(ConfigError, match=r"train\.max_step: Extra inputs are not permitted"
+                                          r".* \(and 1 more\)"):
+        load_recipe(str(misspelt))
     broken = tmp_path / "broken.toml"
     broken.write_text("name = [")
     with pytest.raises(ConfigError, match=r"broken\.toml: cannot read recipe"):
