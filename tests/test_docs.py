@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,11 +19,17 @@ from m3fm.cli import main
 
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 DOC_FILES = [*sorted((REPO / "docs").rglob("*.md")), REPO / "README.md"]
-EXAMPLES = [
-    pytest.param(code, id=f"{path.relative_to(REPO)}:{number}")
-    for path in DOC_FILES
-    for number, code in enumerate(PYTHON_BLOCK.findall(path.read_text()), start=1)
-]
+PAGES = [pytest.param(path, id=str(path.relative_to(REPO)))
+         for path in DOC_FILES if PYTHON_BLOCK.search(path.read_text())]
+
+RUN_PAGE = """
+import json, sys
+page, blocks = sys.argv[1], json.loads(open(sys.argv[2], encoding="utf-8").read())
+for number, code in enumerate(blocks, start=1):
+    print(f"::: {page} example {number}", file=sys.stderr, flush=True)
+    exec(compile(code, f"<{page} example {number}>", "exec"), {"__name__": "docs_example"})
+"""
+"""Runs a page's examples in order, each with fresh globals, in the interpreter it starts in."""
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +52,19 @@ def workspace(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("code", EXAMPLES)
-def test_python_example_runs(code: str, monkeypatch, workspace):
+@pytest.mark.parametrize("page", PAGES)
+def test_python_examples_of_a_page_run_in_a_fresh_interpreter(page: Path, workspace):
+    """As a reader runs them: a new Python that has imported nothing the page does not."""
+    env = dict(os.environ)
     real_data = REPO.parent / "shared" / "data"
-    if "M3FM_DATA" not in os.environ and real_data.is_dir():
-        monkeypatch.setenv("M3FM_DATA", str(real_data))
-    monkeypatch.chdir(workspace)
-    exec(compile(code, "<docs example>", "exec"), {"__name__": "docs_example"})
+    if "M3FM_DATA" not in env and real_data.is_dir():
+        env["M3FM_DATA"] = str(real_data)
+    blocks = workspace / f"{page.stem}-examples.json"
+    blocks.write_text(json.dumps(PYTHON_BLOCK.findall(page.read_text())), encoding="utf-8")
+    name = str(page.relative_to(REPO))
+    result = subprocess.run([sys.executable, "-c", RUN_PAGE, name, str(blocks)], cwd=workspace,
+                            env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
 
 
 def test_readme_test_command_is_what_ci_runs():
@@ -78,4 +91,4 @@ def test_readme_main_command_runs():
 
 
 def test_examples_were_found():
-    assert len(EXAMPLES) >= 3
+    assert len(PAGES) >= 3 and any(page.values[0].name == "python.md" for page in PAGES)
