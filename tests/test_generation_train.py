@@ -142,6 +142,30 @@ def test_evaluate_report_scores_models_beside_baselines(trained, capsys, tmp_pat
     assert len(entries) == 4 and set(entries[0]["reports"]) == {row["system"] for row in rows}
 
 
+def test_reports_are_scored_against_references_in_another_language(trained, capsys, tmp_path):
+    """zh reports held to English references by their findings; the overlap scores come from
+    the Chinese references, which every image also has."""
+    data, run = trained
+    out = {reference: tmp_path / f"{reference}.json" for reference in ("en", "zh")}
+    for reference, path in out.items():
+        code, _, err = run_cli(
+            capsys, "evaluate", "--task", "report", "--checkpoint", str(run / "final"),
+            "--data", str(data), "--lang", "zh", "--reference-lang", reference,
+            "--no-baselines", "--out", str(path))
+        assert code == 0, err
+    across, same = (json.loads(out[reference].read_text())[0] for reference in ("en", "zh"))
+    assert across["language"] == "zh" and across["reference_language"] == "en"
+    assert same["reference_language"] == "zh" and across["n"] == same["n"] == 4
+    assert 0 <= across["CE-F1"] <= 1 and across["BLEU-4"] == same["BLEU-4"]
+
+
+def test_reference_lang_needs_a_report_language(trained, capsys):
+    data, run = trained
+    code, _, err = run_cli(capsys, "evaluate", "--task", "report", "--checkpoint",
+                           str(run / "final"), "--data", str(data), "--reference-lang", "en")
+    assert code == 2 and "--reference-lang goes with --task report and a --lang" in err
+
+
 def test_the_same_pixels_give_the_same_report(trained, tmp_path):
     """Decoding is deterministic and depends on the pixels only, not on the file."""
     data, run = trained

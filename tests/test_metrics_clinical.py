@@ -63,3 +63,12 @@ def test_a_language_without_an_extractor_is_refused_by_name():
     assert spanish.extract_findings is None
     with pytest.raises(NotAvailableError, match="'es' provides no finding extractor"):
         clinical_scores(["derrame pleural"], ["derrame pleural"], spanish)
+
+
+def test_findings_are_compared_across_languages():
+    """The same findings stated in Chinese and in English agree; a denial does not."""
+    chinese = ["右肺下叶可见磨玻璃影。", "双肺未见异常密度影。"]
+    english = ["Ground glass opacity in the right lower lobe.", "Ground glass opacity."]
+    scores = clinical_scores(chinese[:1], english[:1], "zh", "en")
+    assert scores["CE-F1"] == 1.0 and scores["CE-F1-located"] == 1.0
+    assert clinical_scores(chinese[1:], english[1:], "zh", "en")["CE-F1-positive"] == 0.0

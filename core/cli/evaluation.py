@@ -24,6 +24,10 @@ from m3fm.registry import M3fmError, UsageError, get_registry
 @click.option("--task", type=click.Choice(["retrieval", "report", "diagnosis"]), required=True)
 @click.option("--lang", "language", help="Language to evaluate; default: every language "
               "of the model(s).")
+@click.option("--reference-lang", "reference_language",
+              help="Report task: score the --lang reports against references in this language, "
+              "by their findings (clinical efficacy; overlap scores only where --lang references "
+              "exist too); default: --lang.")
 @click.option("--out", type=PathArg, help="Also write the results as JSON to this file.")
 @click.option("--markdown", type=PathArg, help="Report task: write the table as markdown too.")
 @click.option("--reports", "reports_out", type=PathArg,
@@ -42,7 +46,8 @@ from m3fm.registry import M3fmError, UsageError, get_registry
               "first label that the data set records.")
 @click.option("--plots", type=PathArg, help="Diagnosis task: write ROC and few-shot PNGs here.")
 def evaluate(checkpoints: tuple[Path, ...], data_dir: Path, format_name: str | None, split: str,
-             task: str, language: str | None, out: Path | None, markdown: Path | None,
+             task: str, language: str | None, reference_language: str | None,
+             out: Path | None, markdown: Path | None,
              reports_out: Path | None, baselines: bool, bridge: str | None,
              beams: int | None, memory_temperature: float | None, modality: str | None,
              label: str | None, plots: Path | None) -> None:
@@ -55,8 +60,11 @@ def evaluate(checkpoints: tuple[Path, ...], data_dir: Path, format_name: str | N
     for option, path in (("--out", out), ("--markdown", markdown), ("--reports", reports_out)):
         if path is not None:
             check_output_path(path, option)  # before hours of evaluation, not after
-    if language is not None:
-        get_registry().language(language)
+    for code in (language, reference_language):
+        if code is not None:
+            get_registry().language(code)
+    if reference_language is not None and (task != "report" or language is None):
+        raise UsageError("--reference-lang goes with --task report and a --lang to write in")
     records = read_records(data_dir, format_name)
     after: list[tuple[str, list[str], list[list[str]]]] = []  # tables printed after the main one
     if task == "diagnosis":
@@ -93,10 +101,11 @@ def evaluate(checkpoints: tuple[Path, ...], data_dir: Path, format_name: str | N
             model.decode = decoding(model.decode, bridge, beams, memory_temperature)
         result = evaluate_report_models(
             models, records, split=split, languages=[language] if language else None,
-            baselines=baselines,
+            baselines=baselines, reference_language=reference_language,
         )
         rows = rows_for_out = result.rows
-        columns = ["modality", "language", "system", "n", *REPORT_METRICS]
+        columns = ["modality", "language", "reference_language", "system", "n",
+                   *REPORT_METRICS]
         title = f"report generation on {split}"
         if reports_out is not None:
             save_text(reports_out, "".join(json_text(entry) + "\n" for entry in result.reports),
@@ -108,7 +117,11 @@ def evaluate(checkpoints: tuple[Path, ...], data_dir: Path, format_name: str | N
 
         save_text(markdown, tabulate(cells(rows, columns), headers=columns, tablefmt="github")
                   + "\n", "--markdown")
-    shown = [c for c in columns if c not in TERMINAL_HIDDEN]  # the rest: --out, --markdown
+    hidden = set(TERMINAL_HIDDEN)  # the rest: --out, --markdown
+    if all(row.get("reference_language", row.get("language")) == row.get("language")
+           for row in rows):
+        hidden.add("reference_language")  # says nothing when every row is scored in its own
+    shown = [c for c in columns if c not in hidden]
     table(title, shown, cells(rows, shown))
     for extra in after:
         table(*extra)

@@ -59,24 +59,22 @@ F1 scores (``CE-F1/<label>``) follow."""
 
 
 def clinical_scores(
-    hypotheses: Sequence[str], references: Sequence[str], language: LanguageSpec | str
+    hypotheses: Sequence[str], references: Sequence[str], language: LanguageSpec | str,
+    reference_language: LanguageSpec | str | None = None,
 ) -> dict[str, float]:
     """Finding-level precision, recall and F1 of generated reports against one reference each.
 
-    `language` is a language spec or code.  Raises ValueError when the two lengths differ or
-    there is nothing to score, and NotAvailableError when the language has no extractor.
+    `language` (a spec or code) is the hypotheses' language, `reference_language` the
+    references' (default: the same).  Findings are language-neutral, so a Chinese report can be
+    held to an English reference, each read by its own language's extractor.  Raises
+    ValueError when the two lengths differ or there is nothing to score, and
+    NotAvailableError when a language has no extractor.
     """
     check_pairs(hypotheses, references)
-    if isinstance(language, str):
-        language = get_registry().language(language)
-    extract = language.extract_findings
-    if extract is None:
-        raise NotAvailableError(
-            f"language {language.code!r} provides no finding extractor"
-            " (LanguageSpec.extract_findings), so clinical-efficacy scores cannot be computed"
-        )
-    generated = [extract(text) for text in hypotheses]
-    expected = [extract(text) for text in references]
+    read_hypothesis = _extractor(language)
+    read_reference = _extractor(language if reference_language is None else reference_language)
+    generated = [read_hypothesis(text) for text in hypotheses]
+    expected = [read_reference(text) for text in references]
 
     scores: dict[str, float] = {}
     variants = (
@@ -92,6 +90,17 @@ def clinical_scores(
         keep = functools.partial(_has_label, label=label)
         scores[f"CE-F1/{label}"] = _micro_scores(generated, expected, _key, keep)[2]
     return scores
+
+
+def _extractor(language: LanguageSpec | str) -> Callable[[str], list[Finding]]:
+    if isinstance(language, str):
+        language = get_registry().language(language)
+    if language.extract_findings is None:
+        raise NotAvailableError(
+            f"language {language.code!r} provides no finding extractor"
+            " (LanguageSpec.extract_findings), so clinical-efficacy scores cannot be computed"
+        )
+    return language.extract_findings
 
 
 def _every(finding: Finding) -> bool:
