@@ -129,3 +129,33 @@ def test_a_plugin_recipe_brings_its_alignment_recipe_named_beside_it(tmp_path):
         'recipe = "es-align.toml"', 'checkpoint = "runs/align/final"'))
     with pytest.raises(UsageError, match=r"name the alignment model by align\.recipe"):
         extra_stages(fixed)
+
+
+def test_a_text_only_language_is_scored_against_the_anchor_references(tmp_path, monkeypatch):
+    """A generator writing en and zh, on data with English reports only: en is held to its
+    own references, zh (no image reported in it) to the English ones, by its findings."""
+    from types import SimpleNamespace
+
+    from m3fm.registry import Record
+
+    suite = Benchmark(data_folder(tmp_path / "data"), tmp_path / "runs")
+    model = SimpleNamespace(modalities=("ct",), languages=("en", "zh"),
+                            report_languages=("en", "zh"))
+    monkeypatch.setattr("m3fm.generation.reporting.ReportModel.from_pretrained",
+                        lambda path: model)
+    records = [Record(id=f"{split}{i}", dataset="t", split=split, modality="ct",
+                      image=f"/{split}{i}.png", language="en", report="Ground glass opacity.",
+                      labels={"covid19": i % 2}, source="t")
+               for split in ("train", "val") for i in range(2)]
+    monkeypatch.setattr(suite, "_recipe_records", lambda stage, modality: (records, "covid19"))
+    calls = []
+
+    def evaluate(models, given, **options):
+        calls.append((options["languages"], options["reference_language"]))
+        return SimpleNamespace(rows=[{"language": options["languages"][0],
+                                      "reference_language": options["reference_language"]}])
+
+    monkeypatch.setattr("m3fm.generation.evaluation.evaluate_report_models", evaluate)
+    rows = suite._extra_reports(Stage("cov-ctr-zh-text", "cov-ctr", align="x"))
+    assert calls == [(["en"], "en"), (["zh"], "en")]
+    assert [row["reference_language"] for row in rows] == ["en", "en"]

@@ -77,7 +77,8 @@ def render_markdown(results: dict) -> str:
         "of the image's diagnosis; the nearest training report in the shared space).",
         "",
         *_extras_note(meta),
-        _table(results["report"], ["language", "system", "n", *REPORT_METRICS]),
+        _table(results["report"], ["language", *_references_column(results["report"]),
+                                   "system", "n", *REPORT_METRICS]),
         "",
         "## Retrieval",
         "",
@@ -129,6 +130,14 @@ def mean_std(row: dict, metric: str) -> str:
     """A few-shot row's `metric` as ``mean ± std`` (``n/a`` when undefined)."""
     mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
     return "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def _references_column(rows: list[dict]) -> list[str]:
+    """``reference_language`` when some report rows were held to references in another
+    language (a language without image–report pairs of its own), else nothing."""
+    across = any(row.get("reference_language", row["language"]) != row["language"]
+                 for row in rows)
+    return ["reference_language"] if across else []
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:

@@ -251,10 +251,9 @@ class Benchmark:
             self._read[folder] = read_records(self.data / folder)
         return self._few_per_class(self._read[folder], modality, label)
 
-    def _recipe_records(self, stage: Stage, modality: str,
-                        languages: Sequence[str] = ()) -> tuple[list[Record], str]:
+    def _recipe_records(self, stage: Stage, modality: str) -> tuple[list[Record], str]:
         """The records of the data sources an extra recipe names (read once), and the label
-        they are diagnosed on; with `languages`, only images reported in one of them."""
+        they are diagnosed on."""
         from m3fm.data import read_sources
         from m3fm.diagnosis.evaluation import recorded_label
 
@@ -263,9 +262,6 @@ class Benchmark:
         if key not in self._read:
             self._read[key] = read_sources(sources, self.data / stage.data)
         records = self._read[key]
-        if languages:
-            reported = {r.image for r in records if r.language in languages}
-            records = [r for r in records if r.image in reported]
         label = recorded_label(modality, records)
         return self._few_per_class(records, modality, label), label
 
@@ -306,13 +302,27 @@ class Benchmark:
         return rows
 
     def _extra_reports(self, stage: Stage) -> list[dict[str, object]]:
-        """An extra generator's report table on its own recipe's data."""
+        """An extra generator's report table on its own recipe's data, a language at a time.
+
+        A language whose split has no image reported in it (a language added with text
+        only) is scored against the anchor language's references by its findings, the
+        cross-lingual clinical score; it needs finding extractors in both languages.
+        """
+        from m3fm.alignment.data import anchor_language
         from m3fm.generation.evaluation import evaluate_report_models
         from m3fm.generation.reporting import ReportModel
 
         model = ReportModel.from_pretrained(self.model_dir(stage.recipe))
-        records, _ = self._recipe_records(stage, model.modalities[0], model.report_languages)
-        return evaluate_report_models({stage.recipe: model}, records, split=self.split).rows
+        records, _ = self._recipe_records(stage, model.modalities[0])
+        anchor = anchor_language(model.languages).code
+        rows: list[dict[str, object]] = []
+        for language in model.report_languages:
+            reported = any(r.language == language and r.image is not None
+                           and r.split == self.split for r in records)
+            rows += evaluate_report_models(
+                {stage.recipe: model}, records, split=self.split, languages=[language],
+                reference_language=language if reported else anchor).rows
+        return rows
 
     def _extra_diagnosis(self, stage: Stage) -> dict[str, object]:
         """Zero-shot diagnosis from images with an extra alignment model, in each of its
