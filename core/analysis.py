@@ -39,7 +39,8 @@ def analyse_inputs(
     model: Embedder, inputs: Iterable[Path], analysis: Analysis,
     decode: DecodeConfig | None = None, workers: int = 0,
 ) -> Iterator[dict[str, object]]:
-    """Yield ``{"input", "modality", "language", "report"?, "diagnosis"?}`` or
+    """Yield ``{"input", "modality", "language", "report"?, "diagnosis"?, "prompt_languages"?}``
+    (``prompt_languages``: per label, the language of the prompts it was scored with) or
     ``{"input", "error"}`` per input: an error as soon as the input fails to load, the others
     a batch (``decode.batch_size``) at a time, in input order; `workers` processes load the
     inputs ahead (0: this process, when asked).
@@ -105,6 +106,7 @@ def _results(
                 result["report"] = report
             if diagnosis is not None:
                 result["diagnosis"] = diagnosis
+                result["prompt_languages"] = dict(classifier.prompt_languages)
             yield result
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from m3fm.filetypes import DICOM_SUFFIXES, DISPLAY_IMAGE_SUFFIXES, NIFTI_SUFFIXES, is_display_image
-from m3fm.registry import EncoderOptions, ModalitySpec, hookimpl
+from m3fm.registry import EncoderOptions, LabelPrompts, LabelSpec, ModalitySpec, hookimpl
 
 # MONAI, timm and torch are imported where they are first needed, not here: discovery imports
 # every plugin, and importing MONAI alone takes seconds that `m3fm plugins list` should not pay.
@@ -75,6 +75,26 @@ DEFAULT_BACKBONE = "resnet18"
 """Small and fast on CPU; a volume runs VOLUME_DEPTH slices through it at once."""
 
 LABELS = ("covid19",)
+
+COVID19 = LabelSpec(
+    id="covid19", modalities=("ct",), description="COVID-19 pneumonia",
+    # By its imaging signs: COV-CTR's reports never name the disease, they describe bilateral
+    # ground-glass shadows (chosen on the validation split; see docs/diagnosis.md).  The chest
+    # X-ray plugin declares the same English prompts, so the two entries merge.
+    prompts={"en": LabelPrompts(
+        positive=(
+            "Ground glass shadows are seen in both lungs.",
+            "Multiple patchy ground glass shadows are seen in both lungs, with blurred borders.",
+            "Bilateral peripheral ground-glass opacities, consistent with COVID-19 pneumonia.",
+        ),
+        negative=(
+            "No abnormal density shadow is seen in both lungs.",
+            "No ground glass shadow is seen in both lungs.",
+            "No ground-glass opacities; no evidence of COVID-19 pneumonia.",
+        ),
+    )},
+)
+"""The CT label, with English prompts (other languages add their own)."""
 
 SAMPLE_FILES = (Path(__file__).with_name("samples") / "ct.png",)
 """A tiny synthetic slice in the lung window (a drawn phantom, no patient's), shipped as package
@@ -210,3 +230,9 @@ def build_ct_encoder(options: EncoderOptions) -> nn.Module:
 def m3fm_modalities() -> list[ModalitySpec]:
     """The CT modality with the lung window."""
     return [ct_spec()]
+
+
+@hookimpl
+def m3fm_labels() -> list[LabelSpec]:
+    """The CT labels, with English prompts."""
+    return [COVID19]

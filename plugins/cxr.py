@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from m3fm.filetypes import DICOM_SUFFIXES, DISPLAY_IMAGE_SUFFIXES
-from m3fm.registry import EncoderOptions, ModalitySpec, hookimpl
+from m3fm.registry import EncoderOptions, LabelPrompts, LabelSpec, ModalitySpec, hookimpl
 
 # MONAI, timm and torch are imported where they are first needed, not here: discovery imports
 # every plugin, and importing MONAI alone takes seconds that `m3fm plugins list` should not pay.
@@ -48,6 +48,74 @@ LABELS = (
     "covid19",
 )
 """The 14 ChestX-ray14 findings, plus COVID-19."""
+
+ENGLISH_NAMES = {
+    "atelectasis": "atelectasis",
+    "cardiomegaly": "cardiomegaly",
+    "effusion": "pleural effusion",
+    "infiltration": "pulmonary infiltrate",
+    "mass": "pulmonary mass",
+    "nodule": "pulmonary nodule",
+    "pneumonia": "pneumonia",
+    "pneumothorax": "pneumothorax",
+    "consolidation": "consolidation",
+    "edema": "pulmonary edema",
+    "emphysema": "emphysema",
+    "fibrosis": "pulmonary fibrosis",
+    "pleural_thickening": "pleural thickening",
+    # The "Hernia" class of chest radiograph label sets is, in practice, hiatal hernia.
+    "hernia": "hiatal hernia",
+}
+"""Label id → radiology term, singular and without article, to read well in every template."""
+
+# Phrasings that are frequent in real English chest reports (IU X-ray counts: "no evidence
+# of" 425, "negative for" 201, "consistent with" 140, "compatible with" 90, "suggestive of" 46).
+POSITIVE_TEMPLATES = (
+    "Findings consistent with {finding}.",
+    "Findings compatible with {finding}.",
+    "There is evidence of {finding}.",
+    "Findings suggestive of {finding}.",
+)
+NEGATIVE_TEMPLATES = (
+    "No {finding}.",
+    "No evidence of {finding}.",
+    "Negative for {finding}.",
+    "There is no {finding}.",
+)
+
+COVID19_PROMPTS = LabelPrompts(
+    positive=(
+        "Ground glass shadows are seen in both lungs.",
+        "Multiple patchy ground glass shadows are seen in both lungs, with blurred borders.",
+        "Bilateral peripheral ground-glass opacities, consistent with COVID-19 pneumonia.",
+    ),
+    negative=(
+        "No abnormal density shadow is seen in both lungs.",
+        "No ground glass shadow is seen in both lungs.",
+        "No ground-glass opacities; no evidence of COVID-19 pneumonia.",
+    ),
+)
+"""COVID-19 by its imaging signs: COV-CTR's reports never name the disease, they describe
+bilateral ground-glass shadows (chosen on the validation split; see docs/diagnosis.md).  The CT
+plugin declares the same English prompts for its `covid19`, so the two entries merge."""
+
+
+def _named(label: str) -> LabelSpec:
+    name = ENGLISH_NAMES[label]
+    return LabelSpec(
+        id=label, modalities=("cxr",), description=f"{name[0].upper()}{name[1:]}",
+        prompts={"en": LabelPrompts(
+            positive=tuple(t.format(finding=name) for t in POSITIVE_TEMPLATES),
+            negative=tuple(t.format(finding=name) for t in NEGATIVE_TEMPLATES))},
+    )
+
+
+LABEL_SPECS = (
+    *(_named(label) for label in LABELS if label in ENGLISH_NAMES),
+    LabelSpec(id="covid19", modalities=("cxr",), description="COVID-19 pneumonia",
+              prompts={"en": COVID19_PROMPTS}),
+)
+"""The chest X-ray labels with their English prompts (other languages add their own)."""
 
 SAMPLE_FILES = (Path(__file__).with_name("samples") / "cxr.png",)
 """A tiny synthetic radiograph (a drawn phantom, no patient's), shipped as package data for the
@@ -104,3 +172,9 @@ CXR = ModalitySpec(
 def m3fm_modalities() -> list[ModalitySpec]:
     """The chest X-ray modality."""
     return [CXR]
+
+
+@hookimpl
+def m3fm_labels() -> list[LabelSpec]:
+    """The chest X-ray labels, with English prompts."""
+    return list(LABEL_SPECS)

@@ -30,7 +30,7 @@ import html
 import re
 
 from m3fm.findings import FindingRules, Location, Negation
-from m3fm.registry import Finding, LabelPrompts, LanguageSpec, hookimpl
+from m3fm.registry import Finding, LanguageSpec, hookimpl
 from m3fm.text import (
     collapse_punctuation_runs,
     collapse_whitespace,
@@ -272,22 +272,9 @@ NEGATIVE_TEMPLATES = (
     "There is no {finding}.",
 )
 
-# COVID-19 is described by its imaging signs: COV-CTR's reports never name the disease, they
-# describe bilateral ground-glass shadows (chosen on the validation split; see docs/diagnosis.md).
-LABEL_PROMPTS = {
-    "covid19": LabelPrompts(
-        positive=(
-            "Ground glass shadows are seen in both lungs.",
-            "Multiple patchy ground glass shadows are seen in both lungs, with blurred borders.",
-            "Bilateral peripheral ground-glass opacities, consistent with COVID-19 pneumonia.",
-        ),
-        negative=(
-            "No abnormal density shadow is seen in both lungs.",
-            "No ground glass shadow is seen in both lungs.",
-            "No ground-glass opacities; no evidence of COVID-19 pneumonia.",
-        ),
-    ),
-}
+# The prompts of each diagnosis label come first from the modality plugins' `m3fm_labels()`
+# (the English prompts of COVID-19, say, describe its imaging signs and live with the CT and
+# chest X-ray labels); the templates above serve labels that no modality gives prompts for.
 
 # Finding extraction.  Terms per label id, matched case-insensitively in normalised text.
 # They cover the CT wording of COV-CTR (a translation of Chinese reports, hence "solid
@@ -565,7 +552,6 @@ SPEC = LanguageSpec(
     finding_names=FINDING_NAMES,
     positive_templates=POSITIVE_TEMPLATES,
     negative_templates=NEGATIVE_TEMPLATES,
-    label_prompts=LABEL_PROMPTS,
     extract_findings=extract_findings,
     sample_reports=SAMPLE_REPORTS,
 )

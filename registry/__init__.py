@@ -30,10 +30,12 @@ from .manager import (
     reset_registry,
 )
 from .specs import (
+    ANCHOR_LANGUAGE,
     DatasetSpec,
     EncoderOptions,
     Finding,
     LabelPrompts,
+    LabelSpec,
     LanguageSpec,
     ModalitySpec,
     ReadResult,
@@ -42,6 +44,7 @@ from .specs import (
 )
 
 __all__ = [
+    "ANCHOR_LANGUAGE",
     "ENTRY_POINT_GROUP",
     "KINDS",
     "PLUGIN_API_VERSION",
@@ -52,6 +55,7 @@ __all__ = [
     "Finding",
     "InputError",
     "LabelPrompts",
+    "LabelSpec",
     "LanguageSpec",
     "M3fmError",
     "ModalitySpec",

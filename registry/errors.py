@@ -53,11 +53,11 @@ class PluginConflictError(M3fmError):
     plugin provides what.
     """
 
-    def __init__(self, kind: str, name: str, providers: list[str]) -> None:
+    def __init__(self, kind: str, name: str, providers: list[str],
+                 claim: str = "is provided by more than one plugin") -> None:
         self.kind, self.name, self.providers = kind, name, providers
         super().__init__(
-            f"{kind} {name!r} is provided by more than one plugin: {' and '.join(providers)};"
-            " uninstall one of them"
+            f"{kind} {name!r} {claim}: {' and '.join(providers)}; uninstall one of them"
         )
 
 

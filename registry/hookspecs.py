@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pluggy
 
-from .specs import DatasetSpec, LanguageSpec, ModalitySpec
+from .specs import DatasetSpec, LabelSpec, LanguageSpec, ModalitySpec
 
 PROJECT = "m3fm"
 
@@ -38,3 +38,9 @@ def m3fm_languages() -> list[LanguageSpec]:
 @hookspec
 def m3fm_datasets() -> list[DatasetSpec]:
     """Return the data set formats this plugin can read."""
+
+
+@hookspec
+def m3fm_labels() -> list[LabelSpec]:
+    """Return the diagnosis labels this plugin declares, or adds prompts to (since plugin API
+    1.5): entries of one label id from several plugins are merged."""

@@ -20,9 +20,9 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from . import hookspecs
 from .errors import PluginConflictError, UnknownNameError
 from .guard import PluginError, call_plugin, guard_spec, install_interrupt_marker
-from .specs import DatasetSpec, LanguageSpec, ModalitySpec
+from .specs import ANCHOR_LANGUAGE, DatasetSpec, LabelSpec, LanguageSpec, ModalitySpec
 
-PLUGIN_API_VERSION = "1.4"
+PLUGIN_API_VERSION = "1.5"
 """Version of the plugin contract (hooks and spec types) this release implements.
 
 1.1 added the optional `LanguageSpec.extract_findings` (and the `Finding` type it returns).
@@ -30,6 +30,7 @@ PLUGIN_API_VERSION = "1.4"
 1.3 added the optional `LanguageSpec.parallel_sentences`, `LanguageSpec.sample_reports` and
 `ModalitySpec.sample_files`.
 1.4 added the optional `ModalitySpec.dicom_modalities`.
+1.5 added the optional `m3fm_labels()` hook (and the `LabelSpec` type it returns).
 """
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
@@ -49,6 +50,10 @@ KINDS: dict[str, _KindInfo] = {
     "language": _KindInfo("m3fm_languages", LanguageSpec, "code"),
     "dataset": _KindInfo("m3fm_datasets", DatasetSpec, "name"),
 }
+
+LABEL_KIND = _KindInfo("m3fm_labels", LabelSpec, "id")
+"""Labels are collected like the kinds above, but one id may come from several plugins:
+their entries are merged (see :meth:`PluginRegistry.label`), not refused as a conflict."""
 
 
 @dataclass
@@ -95,6 +100,7 @@ class PluginRegistry:
         self._pm.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginInfo] = {}
         self._provided: dict[str, dict[str, list[Provided]]] = {kind: {} for kind in KINDS}
+        self._labels: dict[str, list[Provided]] = {}
 
     @classmethod
     def discover(cls, group: str = ENTRY_POINT_GROUP) -> PluginRegistry:
@@ -153,7 +159,8 @@ class PluginRegistry:
         except Exception as exc:  # pluggy validation of hook signatures
             return self._fail(info, f"invalid hook implementation: {exc}")
         try:
-            collected = {kind: self._collect(kind, info) for kind in KINDS}
+            collected = {kind: self._collect(kind, meta, info) for kind, meta in KINDS.items()}
+            labels = self._collect("label", LABEL_KIND, info)
         except Exception as exc:  # a hook raised, returned the wrong thing or tried to exit
             self._pm.unregister(name=info.name)
             return self._fail(info, str(exc))
@@ -162,12 +169,15 @@ class PluginRegistry:
                 info.provides[kind] = [name for name, _ in specs]
             for name, spec in specs:
                 self._provided[kind].setdefault(name, []).append(Provided(kind, name, spec, info))
+        if labels:
+            info.provides["label"] = [name for name, _ in labels]
+        for name, spec in labels:
+            self._labels.setdefault(name, []).append(Provided("label", name, spec, info))
         self.plugins[info.name] = info
         return info
 
-    def _collect(self, kind: str, info: PluginInfo) -> list[tuple[str, Any]]:
+    def _collect(self, kind: str, meta: _KindInfo, info: PluginInfo) -> list[tuple[str, Any]]:
         """The specs the plugin's hook for `kind` returns, each guarded (see :func:`guard_spec`)."""
-        meta = KINDS[kind]
         impls = [
             impl for impl in getattr(self._pm.hook, meta.hook).get_hookimpls()
             if impl.plugin_name == info.name
@@ -224,6 +234,83 @@ class PluginRegistry:
     def dataset(self, name: str) -> DatasetSpec:
         """The dataset-format spec registered as `name`."""
         return self.get("dataset", name)
+
+    def label_ids(self) -> list[str]:
+        """Ids of the labels plugins declare with ``m3fm_labels()``, sorted."""
+        return sorted(self._labels)
+
+    def label_entries(self, label: str) -> list[Provided]:
+        """Every plugin's entry for `label`, in registration order (merged by :meth:`label`)."""
+        return list(self._labels.get(label, []))
+
+    def label(self, label: str) -> LabelSpec:
+        """The label as all plugins declare it together: the union of their modalities (empty,
+        i.e. any, when one entry says any), the first description, and their prompts merged per
+        language.  Two plugins giving one language different prompts is a
+        :class:`PluginConflictError` naming both."""
+        entries = self._labels.get(label)
+        if not entries:
+            raise UnknownNameError("label", label, self.label_ids(), listed_as="declared")
+        prompts: dict[str, tuple[Any, Provided]] = {}
+        for entry in entries:
+            for lang, given in entry.spec.prompts.items():
+                if lang not in prompts:
+                    prompts[lang] = (given, entry)
+                elif prompts[lang][0] != given:
+                    first = prompts[lang][1].plugin
+                    raise PluginConflictError(
+                        "label", label,
+                        [f"{p.name} ({p.source})" for p in (first, entry.plugin)],
+                        claim=f"has different {lang!r} prompts from more than one plugin")
+        return LabelSpec(
+            id=label,
+            modalities=self._label_modalities(entries),
+            description=next((e.spec.description for e in entries if e.spec.description), ""),
+            prompts={lang: given for lang, (given, _) in prompts.items()},
+        )
+
+    @staticmethod
+    def _label_modalities(entries: list[Provided]) -> tuple[str, ...]:
+        if any(not entry.spec.modalities for entry in entries):
+            return ()
+        return tuple(dict.fromkeys(m for entry in entries for m in entry.spec.modalities))
+
+    def modality_labels(self, modality: str) -> tuple[str, ...]:
+        """A modality's labels: those its spec declares (in its order), then every label whose
+        ``m3fm_labels()`` entries name the modality or apply to any (sorted)."""
+        declared = self.modality(modality).labels
+        extra = sorted(
+            label for label, entries in self._labels.items()
+            if label not in declared and (
+                not (modalities := self._label_modalities(entries)) or modality in modalities)
+        )
+        return (*declared, *extra)
+
+    def label_prompts(self, label: str, lang: str) -> tuple[list[str], list[str], str]:
+        """Positive and negative prompts for `label` in `lang`, and the language they are in.
+
+        In order: the label's ``m3fm_labels()`` prompts in `lang`; the language plugin's own
+        (`LanguageSpec.label_prompts`, else its templates filled with `finding_names`); the
+        anchor language's prompts (the label's, else the anchor language plugin's), which the
+        pivot makes sound for any language aligned through it.
+        """
+        merged = self.label(label) if label in self._labels else None
+        if merged is not None and lang in merged.prompts:
+            given = merged.prompts[lang]
+            return list(given.positive), list(given.negative), lang
+        language = self.language(lang)
+        if label in language.label_prompts or label in language.finding_names:
+            return (*language.prompts(label), lang)
+        if merged is not None:  # every LabelSpec has anchor-language prompts
+            given = merged.prompts[ANCHOR_LANGUAGE]
+            return list(given.positive), list(given.negative), ANCHOR_LANGUAGE
+        if lang != ANCHOR_LANGUAGE and self._provided["language"].get(ANCHOR_LANGUAGE):
+            anchor = self.language(ANCHOR_LANGUAGE)
+            if label in anchor.label_prompts or label in anchor.finding_names:
+                return (*anchor.prompts(label), ANCHOR_LANGUAGE)
+        known = {*language.finding_names, *language.label_prompts, *self._labels}
+        raise UnknownNameError(f"label for language {lang!r}:", label, sorted(known),
+                               listed_as="it names")
 
     def all_provided(self) -> list[Provided]:
         """Every (kind, name, spec, plugin) entry, sorted by kind then name."""

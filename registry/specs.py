@@ -73,6 +73,46 @@ class LabelPrompts(_Spec):
     )
 
 
+ANCHOR_LANGUAGE = "en"
+"""The language every other one is aligned through: every label has prompts in it, so a
+language without its own prompts for a label can fall back on them."""
+
+
+class LabelSpec(_Spec):
+    """A diagnosis label as a plugin entry: which modalities it applies to and its prompts.
+
+    Any plugin may return labels from ``m3fm_labels()``: a modality package ships the labels of
+    its domain with English prompts; a language package adds prompts in its language for any
+    label id.  The registry merges the entries of one id from all plugins (since plugin API 1.5).
+    """
+
+    id: LabelId = Field(description="The label id, e.g. `covid19`, shared by all plugins.")
+    modalities: tuple[Name, ...] = Field(
+        (), description="Modality names the label applies to; empty = any modality."
+    )
+    description: str = Field("", description="One line saying what the label means.")
+    prompts: dict[Name, LabelPrompts] = Field(
+        description="Prompts per language code, at least the anchor language (`en`); a "
+        "language plugin adds its own for any label with `LanguageSpec.label_prompts`, or with a "
+        "LabelSpec of the same id whose `en` prompts are the same."
+    )
+
+    @field_validator("description")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if "\n" in value.strip():
+            raise ValueError("the description must be one line")
+        return value.strip()
+
+    @field_validator("prompts")
+    @classmethod
+    def _has_prompts(cls, value: dict[str, LabelPrompts]) -> dict[str, LabelPrompts]:
+        if ANCHOR_LANGUAGE not in value:
+            raise ValueError(f"prompts must include the anchor language {ANCHOR_LANGUAGE!r}, "
+                             "which every other language can fall back on")
+        return value
+
+
 class EncoderOptions(BaseModel):
     """How to build a modality's image encoder.
 
@@ -123,7 +163,8 @@ class ModalitySpec(_Spec):
         "(B, *volume_shape) if 3D is supported — to features (B, F); it exposes `feature_dim` (F)."
     )
     labels: tuple[LabelId, ...] = Field(
-        description="Default label set for diagnosis, as label ids (language plugins name them)."
+        description="Default label set for diagnosis, as label ids; labels that `m3fm_labels()` "
+        "entries declare for the modality are added to it (since plugin API 1.5)."
     )
     sample_files: tuple[Path, ...] = Field(
         (),
@@ -187,7 +228,9 @@ class LanguageSpec(_Spec):
         description="Split normalised text into words (jieba for Chinese)."
     )
     join_words: Callable[[list[str]], str] = Field(
-        description="Inverse of `tokenize_words`: turn words back into readable text."
+        description="Inverse of `tokenize_words`: turn words back into readable text, exactly: "
+        "`join_words(tokenize_words(t)) == t` for every normalised report `t` (the conformance "
+        "kit checks it on `sample_reports` after `normalize`)."
     )
     metric_tokenizer: str = Field(
         description="sacrebleu tokenizer name used for BLEU, e.g. `13a` or `zh`."
@@ -245,7 +288,9 @@ class LanguageSpec(_Spec):
 
     def prompts(self, label: str) -> tuple[list[str], list[str]]:
         """Positive and negative prompts for `label`, in this language: its `label_prompts`
-        when the plugin describes the label, else every template filled with its name."""
+        when the plugin describes the label, else every template filled with its name.  The
+        engine asks ``PluginRegistry.label_prompts``, which puts a label's own prompts
+        (``m3fm_labels()``) first and falls back on the anchor language."""
         from .errors import UnknownNameError  # local: keeps the spec module import-light
 
         if label in self.label_prompts:

@@ -17,6 +17,11 @@ the kit on the inputs a spec ships itself (`LanguageSpec.sample_reports`,
 `ModalitySpec.sample_files`) and returns the failure instead of raising: ``m3fm plugins list``
 shows it as the plugin's status.  The engine is imported inside the functions, so this module
 keeps the registry's import-light layering.
+
+Labels (``m3fm_labels()``, plugin API 1.5) have :func:`check_label` for one entry and
+:func:`label_coverage` for what the installed plugins provide together: a label no language can
+prompt for fails, while a language lacking its own prompts for a label is only a warning, since
+diagnosis in it falls back on the anchor language's prompts.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .guard import PluginError
-from .specs import EncoderOptions, LanguageSpec, ModalitySpec
+from .specs import ANCHOR_LANGUAGE, EncoderOptions, LabelSpec, LanguageSpec, ModalitySpec
 
 
 class ConformanceError(AssertionError):
@@ -240,3 +245,56 @@ def first_failure(kind: str, spec: Any, scratch: Path) -> ConformanceError | Non
         return ConformanceError("conformance kit", f"raised {type(exc).__name__}: {exc}",
                                 "run the kit in the plugin's tests to find where")
     return None
+
+
+def check_label(spec: LabelSpec) -> list[str]:
+    """Check one label entry: prompts in the anchor language, and no empty sentence."""
+    if ANCHOR_LANGUAGE not in spec.prompts:
+        raise ConformanceError(
+            "label prompts", f"label {spec.id!r} has no {ANCHOR_LANGUAGE!r} prompts",
+            f"give every label prompts in the anchor language {ANCHOR_LANGUAGE!r}")
+    for lang, given in spec.prompts.items():
+        if not all(sentence.strip() for sentence in (*given.positive, *given.negative)):
+            raise ConformanceError(
+                "label prompts", f"label {spec.id!r} has an empty {lang!r} prompt",
+                "give every prompt a sentence stating the label present or absent")
+    return ["label prompts"]
+
+
+def label_coverage(registry: Any = None) -> list[str]:
+    """Check that every label of every installed modality can be prompted (else
+    :class:`ConformanceError`), and return the missing translations as warnings: one line per
+    label and installed language that has no prompts of its own for it (diagnosis in that
+    language uses the anchor language's prompts).  `registry`: default, the installed plugins.
+    """
+    from .errors import M3fmError
+    from .manager import get_registry
+
+    registry = registry or get_registry()
+    languages = [code for code in registry.names("language")
+                 if len(registry.providers("language", code)) == 1]
+    warnings = []
+    for modality in registry.names("modality"):
+        if len(registry.providers("modality", modality)) != 1:
+            continue  # a name conflict is reported as such
+        for label in registry.modality_labels(modality):
+            if label in registry.label_ids():
+                with _check("label prompts", "make the label's entries agree, or uninstall one"):
+                    check_label(registry.label(label))
+            used = {}
+            for lang in languages:
+                try:
+                    used[lang] = registry.label_prompts(label, lang)[2]
+                except M3fmError:
+                    continue
+            if not used:
+                raise ConformanceError(
+                    "label coverage", f"label {label!r} of modality {modality!r} has no prompts "
+                    "in any installed language",
+                    f"declare it with `m3fm_labels()` and {ANCHOR_LANGUAGE!r} prompts")
+            warnings += [
+                f"label {label!r} ({modality}) has no {lang!r} prompts; diagnosis in {lang!r} "
+                f"uses the {other!r} ones"
+                for lang, other in used.items() if other != lang
+            ]
+    return list(dict.fromkeys(warnings))

@@ -35,14 +35,18 @@ def records_of(data: Path) -> list[Record]:
 
 
 def test_described_labels_replace_the_templates_and_others_fill_them():
-    english = get_registry().language("en")
-    positive, negative = english.prompts("covid19")
-    assert positive == list(english.label_prompts["covid19"].positive)
-    assert negative == list(english.label_prompts["covid19"].negative)
+    registry = get_registry()
+    english = registry.language("en")
+    positive, negative, used = registry.label_prompts("covid19", "en")
+    assert used == "en"
+    assert positive == list(registry.label("covid19").prompts["en"].positive)
+    assert negative == list(registry.label("covid19").prompts["en"].negative)
     assert all("COVID-19 pneumonia" not in p for p in positive[:2])
-    positive, _ = english.prompts("effusion")
+    positive, _, _ = registry.label_prompts("effusion", "en")
     assert positive[0] == "Findings consistent with pleural effusion."
     assert len(positive) == len(english.positive_templates)
+    # The modality's English prompts are the language's templates filled with its names.
+    assert registry.label_prompts("effusion", "en")[:2] == english.prompts("effusion")
 
 
 def test_label_prompts_need_sentences_on_both_sides():

@@ -76,16 +76,32 @@ def plugins_list(as_json: bool, no_check: bool) -> None:
     Each modality and language also runs the conformance kit on the samples it ships (a
     language without sample reports on its own prompts, a modality without sample files on
     what needs no file); one that fails is listed as ``incompatible: <check>: <problem>``.
+    Labels a language has no prompts for (it falls back to English ones) are warnings on
+    stderr.
     """
     rows = _plugin_rows(check=not no_check)
     if as_json:
         print_json(rows)
-        return
-    table(
-        f"m3fm {__version__} plugins (plugin API {PLUGIN_API_VERSION})",
-        ["name", "kind", "plugin", "source", "status"],
-        [list(row.values()) for row in rows],
-    )
+    else:
+        table(
+            f"m3fm {__version__} plugins (plugin API {PLUGIN_API_VERSION})",
+            ["name", "kind", "plugin", "source", "status"],
+            [list(row.values()) for row in rows],
+        )
+    if not no_check:
+        for warning in _label_warnings():
+            click.echo(f"m3fm: warning: {warning}", err=True)
+
+
+def _label_warnings() -> list[str]:
+    """Labels that a language has no prompts of its own for (diagnosis there falls back to
+    the anchor language's), or, as one line, why the labels cannot all be prompted."""
+    from m3fm.registry.testing import ConformanceError, label_coverage
+
+    try:
+        return label_coverage()
+    except ConformanceError as error:
+        return [str(error)]
 
 
 def _describe(kind: str, spec: object) -> dict[str, object]:

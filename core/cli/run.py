@@ -110,11 +110,16 @@ def _split_labels(labels: str | None) -> list[str] | None:
 
 
 def _as_text(result: dict) -> str:
-    """One input's result for people: its path, its report, then one line per label."""
+    """One input's result for people: its path, its report, then one line per label; a label
+    scored with prompts of another language than the result's says which."""
     lines = [result["input"]]
     if "report" in result:
         lines.append(result["report"])
-    lines += [f"  {label}: {p:.3f}" for label, p in result.get("diagnosis", {}).items()]
+    used = result.get("prompt_languages", {})
+    for label, p in result.get("diagnosis", {}).items():
+        other = used.get(label, result.get("language"))
+        note = f" ({other} prompts)" if other != result.get("language") else ""
+        lines.append(f"  {label}: {p:.3f}{note}")
     return "\n".join(lines) + "\n"
 
 

@@ -180,8 +180,12 @@ class _Run:
 
     def zero_shot(self, lang: str, reporter: ReportModel | None) -> None:
         classifier = PromptClassifier(self.model, [self.label], lang)
+        used = classifier.prompt_languages[self.label]
+        # A language without prompts for the label is scored with the anchor language's: the
+        # rows say so, e.g. "es (en prompts)".
+        shown = lang if used == lang else f"{lang} ({used} prompts)"
         image = self.scored(lambda name: classifier.probabilities(self.embedded[name]))
-        self.add("zero-shot image", lang, image)
+        self.add("zero-shot image", shown, image)
         if reporter is None:
             return
 
@@ -192,8 +196,8 @@ class _Run:
             return classifier.report_probabilities(reports)
 
         report = self.scored(from_reports)
-        self.add("zero-shot report", lang, report)
-        self.add("zero-shot combined", lang, SplitScores(
+        self.add("zero-shot report", shown, report)
+        self.add("zero-shot combined", shown, SplitScores(
             combine(image.evaluation, report.evaluation), combine(image.tuning, report.tuning)))
 
     def probe(self, setting: str, seeds: list[int]) -> None:
