@@ -68,7 +68,7 @@ _checked: ContextVar[tuple[Path, Header | None] | None] = ContextVar("_checked",
 """The input :func:`preprocess` has checked, so that :func:`read_image` reads its header once."""
 
 
-def read_image(path: Path) -> MetaTensor:
+def read_image(path: str | Path) -> MetaTensor:
     """Read a picture, a DICOM file, a NIfTI volume or a DICOM series folder as float32.
 
     The result is a MetaTensor, channel first with one grey channel: (1, H, W) for a 2D image,
@@ -83,6 +83,7 @@ def read_image(path: Path) -> MetaTensor:
     over the memory budget (:func:`max_input_mb`), a 4D image, a folder holding several DICOM
     series or a multi-page TIFF.  Library warnings are logged as m3fm warnings naming the file.
     """
+    path = Path(path)
     with _library_messages_logged(path):
         checked = _checked.get()
         header = checked[1] if checked and checked[0] == path else read_header(path)

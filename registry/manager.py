@@ -9,6 +9,7 @@ only through :mod:`m3fm.registry.guard`, so not even ``sys.exit()`` in it ends t
 
 from __future__ import annotations
 
+import difflib
 import functools
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
@@ -67,6 +68,8 @@ class PluginInfo:
     status: Literal["ok", "failed", "incompatible"] = "ok"
     error: str | None = None
     provides: dict[str, list[str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """What loaded but looks wrong, e.g. a function named like a misspelt hook."""
 
     @property
     def source(self) -> str:
@@ -79,6 +82,24 @@ class PluginInfo:
     def owner(self) -> str:
         """``plugin 'name' (source)``: how messages name the plugin whose code failed."""
         return f"plugin {self.name!r} ({self.source})"
+
+
+HOOK_NAMES = tuple(sorted(name for name in dir(hookspecs) if name.startswith("m3fm_")))
+"""The hooks a plugin may implement."""
+
+
+def misspelt_hooks(plugin: object) -> list[str]:
+    """A line for each function of `plugin` named almost like a hook (``m3fm_language``):
+    pluggy calls hooks by exact name, so such a function is silently never called."""
+    lines = []
+    for name in sorted(dir(plugin)):
+        if name in HOOK_NAMES or name.startswith("_") or not callable(getattr(plugin, name)):
+            continue
+        close = difflib.get_close_matches(name, HOOK_NAMES, n=1, cutoff=0.85)
+        if close:
+            lines.append(f"function {name!r} is never called: did you mean the hook "
+                         f"{close[0]!r}?")
+    return lines
 
 
 @dataclass(frozen=True)
@@ -158,6 +179,7 @@ class PluginRegistry:
             self._pm.register(plugin, name=info.name)
         except Exception as exc:  # pluggy validation of hook signatures
             return self._fail(info, f"invalid hook implementation: {exc}")
+        info.warnings += misspelt_hooks(plugin)
         try:
             collected = {kind: self._collect(kind, meta, info) for kind, meta in KINDS.items()}
             labels = self._collect("label", LABEL_KIND, info)

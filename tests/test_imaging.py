@@ -266,3 +266,11 @@ def test_slice_pooled_encoder_averages_slice_features():
     assert torch.allclose(volume_features, slice_features.mean(dim=0).expand(2, -1), atol=1e-5)
     with pytest.raises(ValueError, match="expected slices"):
         encoder(torch.randn(1, 32, 32))
+
+
+def test_read_image_takes_a_string_path_as_well():
+    from m3fm.imaging import read_image
+    from m3fm.registry import get_registry
+
+    sample = get_registry().modality("cxr").sample_files[0]
+    assert torch.equal(read_image(str(sample)), read_image(sample))

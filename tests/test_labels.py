@@ -205,6 +205,18 @@ def test_plugins_list_warns_about_missing_translations(capsys):
     assert code == 0 and "warning" not in err
 
 
+def test_a_function_named_like_a_misspelt_hook_is_a_warning(capsys):
+    plugin = types.ModuleType("typo")
+    plugin.m3fm_language = hookimpl(lambda: [])  # the hook is m3fm_languages
+    plugin.m3fm_labels_for_tests = lambda: []  # a helper, not a typo
+    info = _installed(plugin).plugins["typo"]
+    assert info.status == "ok"
+    assert info.warnings == ["function 'm3fm_language' is never called: did you mean the hook "
+                             "'m3fm_languages'?"]
+    code, _, err = run_cli(capsys, "plugins", "list", "--no-check")
+    assert code == 0 and "plugin 'typo' (pkg-typo 1.0): function 'm3fm_language'" in err
+
+
 PACKAGE = {
     "pyproject.toml": """
         [build-system]

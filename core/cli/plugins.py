@@ -76,8 +76,8 @@ def plugins_list(as_json: bool, no_check: bool) -> None:
     Each modality and language also runs the conformance kit on the samples it ships (a
     language without sample reports on its own prompts, a modality without sample files on
     what needs no file); one that fails is listed as ``incompatible: <check>: <problem>``.
-    Labels a language has no prompts for (it falls back to English ones) are warnings on
-    stderr.
+    Labels a language has no prompts for (it falls back to English ones) and functions named
+    like a misspelt hook (``m3fm_language``) are warnings on stderr.
     """
     rows = _plugin_rows(check=not no_check)
     if as_json:
@@ -88,20 +88,25 @@ def plugins_list(as_json: bool, no_check: bool) -> None:
             ["name", "kind", "plugin", "source", "status"],
             [list(row.values()) for row in rows],
         )
-    if not no_check:
-        for warning in _label_warnings():
-            click.echo(f"m3fm: warning: {warning}", err=True)
+    for warning in _warnings(check=not no_check):
+        click.echo(f"m3fm: warning: {warning}", err=True)
 
 
-def _label_warnings() -> list[str]:
-    """Labels that a language has no prompts of its own for (diagnosis there falls back to
-    the anchor language's), or, as one line, why the labels cannot all be prompted."""
+def _warnings(check: bool) -> list[str]:
+    """What loaded but looks wrong: functions named like a misspelt hook; with `check`, also
+    labels that a language has no prompts of its own for (diagnosis there falls back to the
+    anchor language's), or, as one line, why the labels cannot all be prompted."""
     from m3fm.registry.testing import ConformanceError, label_coverage
 
-    try:
-        return label_coverage()
-    except ConformanceError as error:
-        return [str(error)]
+    registry = get_registry()
+    found = [f"{info.owner}: {warning}" for info in registry.plugins.values()
+             for warning in info.warnings]
+    if check:
+        try:
+            found += label_coverage()
+        except ConformanceError as error:
+            found.append(str(error))
+    return found
 
 
 def _describe(kind: str, spec: object) -> dict[str, object]:
