@@ -59,6 +59,12 @@ def check_workers(workers: int) -> int:
     return workers
 
 
+def worker_died(exc: RuntimeError) -> bool:
+    """Whether `exc` is DataLoader's report of a worker process that died (a crash, a kill),
+    which takes the loader down with it, rather than an error of the code it ran."""
+    return "exited unexpectedly" in str(exc)
+
+
 def load_image(spec: ModalitySpec, path: Path, cache: PreprocessCache | None) -> torch.Tensor:
     """One input preprocessed through `spec`, through `cache` when given; raises InputError."""
     from m3fm.imaging import preprocess  # MONAI and timm: only once an image is read
@@ -118,7 +124,7 @@ def preprocessed(
                 yield item
             return
         except RuntimeError as exc:
-            if "exited unexpectedly" not in str(exc):
+            if not worker_died(exc):
                 raise
             log.warning("a data worker died: %s; reading its files again one by one",
                         " ".join(str(exc).split()))
@@ -141,7 +147,7 @@ def _alone(dataset: _Preprocessing, path: Path) -> Loaded:
     try:
         return next(iter(_loader(dataset, [path], 1, 1)))
     except RuntimeError as exc:
-        if "exited unexpectedly" not in str(exc):
+        if not worker_died(exc):
             raise
         return path, InputError(f"{path}: the process reading it died; the file crashes its "
                                 "decoder or exhausts the memory")

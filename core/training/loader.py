@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from m3fm.data.streaming import check_workers
+from m3fm.data.streaming import check_workers, worker_died
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class PlannedLoader(Generic[Plan, Part, Batch]):
                     yield self.finish(plans[index], part)
                     index += 1
             except RuntimeError as exc:
-                if "exited unexpectedly" not in str(exc) or self.load_alone is None:
+                if not worker_died(exc) or self.load_alone is None:
                     raise
                 log.warning("a data worker died building step %d of epoch %d (%s); building "
                             "that step again, each of its files read alone", index, epoch,
