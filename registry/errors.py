@@ -88,6 +88,17 @@ class NotAvailableError(M3fmError):
     """
 
 
+class MissingDataError(UsageError):
+    """The data lack what a step needs: a split with no images of a modality labelled with
+    the label, no images with reports in a language, training images of one class only.
+
+    Fix: point the command at data that has what the message names (``m3fm data summary
+    PATH`` shows a data set's splits, modalities, labels and report languages), or choose
+    another split, label or language.  ``m3fm benchmark`` records such a step as skipped and
+    goes on.
+    """
+
+
 class ConfigError(UsageError):
     """A recipe or configuration file, or a --set override, that does not validate.
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO, run_cli
 
 from m3fm.benchmarks.results import render_markdown, write_results
-from m3fm.benchmarks.suite import Benchmark, Stage, extra_stages
+from m3fm.benchmarks.suite import Benchmark, BenchmarkError, Stage, extra_stages
 from m3fm.registry import UsageError
 
 
@@ -133,7 +133,8 @@ def test_a_plugin_recipe_brings_its_alignment_recipe_named_beside_it(tmp_path):
 
 def test_a_text_only_language_is_scored_against_the_anchor_references(tmp_path, monkeypatch):
     """A generator writing en and zh, on data with English reports only: en is held to its
-    own references, zh (no image reported in it) to the English ones, by its findings."""
+    own references, zh (no image reported in it) to the English ones, by its findings; with
+    Chinese references too, zh is scored against both."""
     from types import SimpleNamespace
 
     from m3fm.registry import Record
@@ -159,3 +160,68 @@ def test_a_text_only_language_is_scored_against_the_anchor_references(tmp_path, 
     rows = suite._extra_reports(Stage("cov-ctr-zh-text", "cov-ctr", align="x"))
     assert calls == [(["en"], "en"), (["zh"], "en")]
     assert [row["reference_language"] for row in rows] == ["en", "en"]
+    records += [record.model_copy(update={"language": "zh", "id": record.id + "zh"})
+                for record in records]
+    calls.clear()
+    suite._extra_reports(Stage("cov-ctr-zh-text", "cov-ctr", align="x"))
+    assert calls == [(["en"], "en"), (["zh"], "zh"), (["zh"], "en")]
+
+
+def test_steps_the_data_cannot_serve_are_skipped_and_named(tmp_path, monkeypatch):
+    """A missing label or language skips its step with the reason; the others are measured
+    and results.md says what was not (issue 15, part 3).  A real fault still stops."""
+    from m3fm.registry import MissingDataError, NotAvailableError
+
+    suite = Benchmark(data_folder(tmp_path / "data"), tmp_path / "runs", quick=True)
+    monkeypatch.setattr(suite, "_report_generation", lambda: [{"language": "zh", "system": "measured"}])
+
+    def no_labels():
+        raise MissingDataError("split 'val' has no ct images labelled 'nodule'")
+
+    def no_extractor(*args):
+        raise NotAvailableError("language 'es' has no finding extractor")
+
+    monkeypatch.setattr(suite, "_retrieval", no_labels)
+    monkeypatch.setattr(suite, "_diagnosis", no_extractor)
+    published = []
+    results = suite.measure(lambda results: published.append(json.loads(json.dumps(results))))
+    assert results["report"] == [{"language": "zh", "system": "measured"}] and results["diagnosis"] == []
+    skipped = results["meta"]["skipped"]
+    assert skipped[0] == {"step": skipped[0]["step"],
+                          "reason": "split 'val' has no ct images labelled 'nodule'"}
+    assert skipped[0]["step"].startswith("retrieval on cov-ctr")
+    assert all("no finding extractor" in entry["reason"] for entry in skipped[1:])
+    assert len(skipped) == 3  # retrieval, and diagnosis with cov-ctr-align and m3fm-small
+    assert published[-1]["meta"]["skipped"] == skipped
+    markdown = render_markdown(results | {"meta": results["meta"] | {"timings_s": {}}})
+    assert "**Not measured**" in markdown
+    assert "- retrieval on cov-ctr" in markdown and "labelled 'nodule'" in markdown
+
+    monkeypatch.setattr(suite, "_retrieval", lambda: 1 / 0)
+    with pytest.raises(BenchmarkError, match="ZeroDivisionError|division by zero"):
+        suite.measure()
+
+
+def test_one_language_without_an_extractor_leaves_the_others_rows(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from m3fm.registry import NotAvailableError, Record
+
+    suite = Benchmark(data_folder(tmp_path / "data"), tmp_path / "runs")
+    model = SimpleNamespace(modalities=("ct",), languages=("en", "zh"),
+                            report_languages=("en", "zh"))
+    monkeypatch.setattr("m3fm.generation.reporting.ReportModel.from_pretrained",
+                        lambda path: model)
+    records = [Record(id="v", dataset="t", split="val", modality="ct", image="/v.png",
+                      language="en", report="Normal.", labels={}, source="t")]
+    monkeypatch.setattr(suite, "_recipe_records", lambda stage, modality: (records, "covid19"))
+
+    def evaluate(models, given, **options):
+        if options["languages"] == ["zh"]:
+            raise NotAvailableError("no finding extractor for 'zh'")
+        return SimpleNamespace(rows=[{"language": "en"}])
+
+    monkeypatch.setattr("m3fm.generation.evaluation.evaluate_report_models", evaluate)
+    assert suite._extra_reports(Stage("g", ".", align="a")) == [{"language": "en"}]
+    assert suite.skipped == [{"step": "report generation with g in zh against en references",
+                              "reason": "no finding extractor for 'zh'"}]

@@ -158,6 +158,29 @@ def test_evaluation_refuses_what_it_cannot_measure(trained, kwargs, message):
         evaluate_diagnosis(m3fm.load(run / "final"), records_of(data), **options)
 
 
+def test_rows_name_the_prompt_language_when_a_label_falls_back_on_english(trained):
+    """A label a plugin declares for ct with English prompts only, diagnosed in zh: the
+    zero-shot rows say the prompts were English."""
+    import types
+
+    from m3fm.registry import LabelSpec, hookimpl
+
+    plugin = types.ModuleType("marker_labels")
+    plugin.m3fm_labels = hookimpl(lambda: [LabelSpec(
+        id="ct_marker", modalities=("ct",), description="a test label",
+        prompts={"en": LabelPrompts(positive=("Ground glass opacity.",),
+                                    negative=("The lungs are clear.",))})])
+    get_registry().add_plugin(plugin, "marker_labels", package="pkg-marker", version="1.0")
+    data, run = trained
+    records = [record.model_copy(update={"labels": {"ct_marker": record.labels["covid19"]}})
+               for record in records_of(data) if "covid19" in record.labels]
+    result = evaluate_diagnosis(m3fm.load(run / "final"), records, modality="ct",
+                                label="ct_marker", split="val", languages=["zh"],
+                                shots=("1",), seeds=(0,), cnn_epochs=1)
+    zero_shot = {row["language"] for row in result.rows if row["method"].startswith("zero")}
+    assert zero_shot == {"zh (en prompts)"}
+
+
 def test_a_split_without_images_of_the_modality_is_named(trained):
     data, _ = trained
     with pytest.raises(UsageError, match="split 'test' has no ct images labelled 'covid19'"):

@@ -54,6 +54,15 @@ def _extras_note(meta: dict) -> list[str]:
             f"{names}.", ""]
 
 
+def _skipped_note(meta: dict) -> list[str]:
+    """The steps the data or the plugins could not serve, each with its reason."""
+    skipped = meta.get("skipped")
+    if not skipped:
+        return []
+    return ["**Not measured** (the data or the installed plugins cannot serve these steps):",
+            "", *(f"- {entry['step']}: {entry['reason']}" for entry in skipped), ""]
+
+
 def render_markdown(results: dict) -> str:
     """The whole report as markdown, tables through tabulate."""
     meta = results["meta"]
@@ -69,6 +78,7 @@ def render_markdown(results: dict) -> str:
         "|---|---|",
         *(f"| {name} | {_duration(seconds)} |" for name, seconds in meta["timings_s"].items()),
         "",
+        *_skipped_note(meta),
         "## Report generation",
         "",
         "COV-CTR CT images → reports. The generators learn from text (zero-shot), plus 10% "

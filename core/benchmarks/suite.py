@@ -23,11 +23,21 @@ import torch
 from m3fm import __version__
 from m3fm.checkpoint import provenance, read_metadata
 from m3fm.recipes import AlignRecipe, GenerateRecipe, load_recipe
-from m3fm.registry import M3fmError, Record, UsageError
+from m3fm.registry import (
+    M3fmError,
+    MissingDataError,
+    NotAvailableError,
+    Record,
+    UsageError,
+)
 from m3fm.training import FINAL_DIR
 
 SETTINGS = ("zeroshot", "fewshot", "supervised")
 """Report-generation settings: how many CT images paired with their reports the generator saw."""
+
+
+SKIPPABLE = (MissingDataError, NotAvailableError)
+"""What a measuring step raises when the data or the plugins cannot serve it: skipped, noted."""
 
 
 class BenchmarkError(M3fmError):
@@ -141,6 +151,7 @@ class Benchmark:
         self.extras = [stage for path in self.recipe_files for stage in extra_stages(path)]
         self.stages += [s for s in self.extras if s.recipe not in {t.recipe for t in self.stages}]
         self.timings: dict[str, float] = {}
+        self.skipped: list[dict[str, str]] = []  # steps the data or plugins cannot serve
         self._read: dict[str, list[Record]] = {}  # each data set read once, however often used
 
     def model_dir(self, recipe: str) -> Path:
@@ -193,7 +204,10 @@ class Benchmark:
         """Every table, as JSON-ready data (see :mod:`m3fm.benchmarks.results`).
 
         `publish` gets the results after each table, so that the tables measured before a
-        failure are kept; the failure is raised as a BenchmarkError naming what failed.
+        failure are kept; the failure is raised as a BenchmarkError naming what failed.  A
+        step the data cannot serve (no labelled images of a modality, no references in a
+        language, no finding extractor) is skipped, its reason listed in ``meta.skipped``,
+        and the rest is measured.
         """
         results: dict[str, object] = {"meta": self._meta(), "report": [], "retrieval": [],
                                       "diagnosis": []}
@@ -219,6 +233,10 @@ class Benchmark:
         for key, name, work, args in steps:
             try:
                 table = self._timed(name, work, *args)
+            except SKIPPABLE as exc:
+                self._skip(name, exc)
+                self._publish(results, publish)
+                continue
             except Exception as exc:
                 results["meta"]["failed"] = f"{name}: {type(exc).__name__}: {exc}"
                 self._publish(results, publish)
@@ -233,7 +251,12 @@ class Benchmark:
 
     def _publish(self, results: dict, publish: Callable[[dict], None]) -> None:
         results["meta"]["timings_s"] = {k: round(v, 1) for k, v in self.timings.items()}
+        results["meta"]["skipped"] = list(self.skipped)
         publish(results)
+
+    def _skip(self, step: str, exc: Exception) -> None:
+        self.notify(f"skipped {step}: {_one_line(exc)}")
+        self.skipped.append({"step": step, "reason": _one_line(exc)})
 
     def _timed(self, name: str, work: Callable, *args):
         self.notify(f"measuring {name}")
@@ -304,9 +327,10 @@ class Benchmark:
     def _extra_reports(self, stage: Stage) -> list[dict[str, object]]:
         """An extra generator's report table on its own recipe's data, a language at a time.
 
-        A language whose split has no image reported in it (a language added with text
-        only) is scored against the anchor language's references by its findings, the
-        cross-lingual clinical score; it needs finding extractors in both languages.
+        Each language is scored against its own references where the split has them, and
+        every language but the anchor also against the anchor's references by its findings
+        (the cross-lingual clinical score, which needs finding extractors in both): the one
+        score a language added with text only can have, and a check of the other.
         """
         from m3fm.alignment.data import anchor_language
         from m3fm.generation.evaluation import evaluate_report_models
@@ -319,9 +343,16 @@ class Benchmark:
         for language in model.report_languages:
             reported = any(r.language == language and r.image is not None
                            and r.split == self.split for r in records)
-            rows += evaluate_report_models(
-                {stage.recipe: model}, records, split=self.split, languages=[language],
-                reference_language=language if reported else anchor).rows
+            references = [language] if reported else []
+            references += [anchor] if language != anchor else []
+            for reference in references:
+                try:
+                    rows += evaluate_report_models(
+                        {stage.recipe: model}, records, split=self.split,
+                        languages=[language], reference_language=reference).rows
+                except SKIPPABLE as exc:  # one gap leaves the other rows
+                    self._skip(f"report generation with {stage.recipe} in {language} "
+                               f"against {reference} references", exc)
         return rows
 
     def _extra_diagnosis(self, stage: Stage) -> dict[str, object]:

@@ -15,7 +15,7 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 
 from m3fm.progress import track
-from m3fm.registry import UsageError
+from m3fm.registry import MissingDataError, UsageError
 
 
 def _build_model(images: torch.Tensor) -> torch.nn.Module:
@@ -67,7 +67,7 @@ def train_small_cnn(
     if not set(classes.tolist()) <= {0, 1}:
         raise UsageError(f"the CNN baseline needs labels 0 and 1; got {classes.tolist()}")
     if len(classes) < 2:
-        raise UsageError(
+        raise MissingDataError(
             "the CNN baseline needs both classes in the training images;"
             f" got only class {int(classes[0]) if len(classes) else 'none'}"
         )

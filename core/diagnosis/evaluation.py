@@ -32,7 +32,7 @@ from m3fm.diagnosis.zeroshot import PromptClassifier, combine, resolve_labels
 from m3fm.embedding import Embedder
 from m3fm.imaging import preprocess
 from m3fm.progress import track
-from m3fm.registry import Record, UsageError, get_registry
+from m3fm.registry import MissingDataError, Record, UsageError, get_registry
 
 if TYPE_CHECKING:
     from m3fm.generation.reporting import ReportModel
@@ -95,7 +95,7 @@ def labelled_images(
                 and label in record.labels):
             targets.setdefault(record.image, record.labels[label])
     if not targets:
-        raise UsageError(f"split {split!r} has no {modality} images labelled {label!r}")
+        raise MissingDataError(f"split {split!r} has no {modality} images labelled {label!r}")
     paths = sorted(targets)
     if limit is not None:
         kept = {0: 0, 1: 0}

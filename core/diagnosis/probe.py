@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from m3fm.registry import UsageError
+from m3fm.registry import MissingDataError, UsageError
 
 SHOTS = ("1", "5", "10", "10%", "100%")
 """Labelled training examples per class: a count, or a percentage of each class."""
@@ -45,7 +45,7 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, seed: int = 0):
     from sklearn.linear_model import LogisticRegression
 
     if len(np.unique(labels)) < 2:
-        raise UsageError("a probe needs training images of both classes; the training split "
+        raise MissingDataError("a probe needs training images of both classes; the training split "
                          f"has only class {int(labels[0])}")
     probe = LogisticRegression(class_weight="balanced", max_iter=5000, random_state=seed)
     return probe.fit(features, labels)

@@ -28,7 +28,7 @@ from m3fm.embedding import Embedder
 from m3fm.generation.config import DecodeConfig
 from m3fm.metrics.clinical import clinical_scores
 from m3fm.metrics.language import METRIC_NAMES, most_frequent_report, report_scores
-from m3fm.registry import Record, UsageError, get_registry
+from m3fm.registry import MissingDataError, Record, UsageError, get_registry
 
 if TYPE_CHECKING:
     from m3fm.generation.reporting import ReportModel
@@ -143,7 +143,7 @@ def evaluate_report_models(
     sets = retrieval_sets(records, split=split, modalities=first.modalities,
                           languages=references)
     if not sets:
-        raise UsageError(
+        raise MissingDataError(
             f"split {split!r} has no images of {', '.join(first.modalities)} with reports in "
             f"{', '.join(references)}"
         )
@@ -193,7 +193,7 @@ def baseline_reports(
     language = get_registry().language(written)
     candidates = [r for r in train if r.language == written]
     if not candidates:
-        raise UsageError(f"the training split has no {written!r} reports for baselines")
+        raise MissingDataError(f"the training split has no {written!r} reports for baselines")
     texts = [language.normalize(r.report) for r in candidates]
     yield "most-frequent", [most_frequent_report(texts, language)] * len(subset.images)
 
