@@ -74,10 +74,19 @@ def test_plugins_show_declares_shapes_and_labels(capsys):
     assert code == 0 and ct["labels"] == ["covid19"] and len(ct["volume_shape"]) == 4
 
 
+def test_plugins_show_a_label_with_who_declares_it_and_its_prompt_languages(capsys):
+    code, out, _ = run_cli(capsys, "plugins", "show", "covid19", "--json")
+    [label] = [entry for entry in json.loads(out) if entry["kind"] == "label"]
+    assert code == 0 and set(label["modalities"]) == {"ct", "cxr"}
+    assert {"ct", "cxr"} <= set(label["plugins"]) and "en" in label["prompts"]
+    assert {"en", "zh"} <= set(label["prompt_languages"])
+
+
 def test_plugins_show_unknown_name(capsys):
     code, _, err = run_cli(capsys, "plugins", "show", "mri")
     assert code == 2
-    assert_one_line_error(err, "unknown plugin, modality, language or dataset format 'mri'", "ct")
+    assert_one_line_error(
+        err, "unknown plugin, modality, language, dataset format or label 'mri'", "covid19")
 
 
 @pytest.mark.parametrize(

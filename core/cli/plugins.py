@@ -118,6 +118,19 @@ def _describe(kind: str, spec: object) -> dict[str, object]:
     return {"kind": kind, **data}
 
 
+def _describe_label(label: str) -> dict[str, object]:
+    """A label as all plugins declare it together, who declares it, and in which languages
+    diagnosis has prompts of its own (the others fall back to the anchor language's)."""
+    registry = get_registry()
+    spec = registry.label(label)
+    prompted = [code for code in registry.names("language")
+                if registry.label_prompts(label, code)[2] == code]
+    return _describe("label", spec) | {
+        "plugins": [entry.plugin.name for entry in registry.label_entries(label)],
+        "prompt_languages": prompted,
+    }
+
+
 @plugins.command("new")
 @click.argument("name")
 @click.option("--kind", type=click.Choice(["modality", "language"]), required=True,
@@ -160,13 +173,15 @@ def plugins_available(as_json: bool) -> None:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def plugins_show(name: str, as_json: bool) -> None:
-    """Show what a modality, language, dataset format or plugin named NAME declares."""
+    """Show what a modality, language, dataset format, label or plugin named NAME declares."""
     registry = get_registry()
     found = [
         _describe(provided.kind, provided.spec) | {"plugin": provided.plugin.name,
                                                   "source": provided.plugin.source}
         for kind in KINDS for provided in registry.providers(kind, name)
     ]
+    if name in registry.label_ids():
+        found.append(_describe_label(name))
     info = registry.plugins.get(name)
     if info is not None:
         found.append({"kind": "plugin", "name": info.name, "module": info.module,
@@ -174,7 +189,8 @@ def plugins_show(name: str, as_json: bool) -> None:
                       "provides": info.provides})
     if not found:
         known = {n for kind in KINDS for n in registry.names(kind)} | set(registry.plugins)
-        raise UnknownNameError("plugin, modality, language or dataset format", name, list(known))
+        raise UnknownNameError("plugin, modality, language, dataset format or label", name,
+                               [*known, *registry.label_ids()])
     if as_json:
         print_json(found)
         return
