@@ -43,6 +43,9 @@ def test_the_spanish_plugin_installs_trains_runs_and_is_benchmarked(data_root, t
         results = json.loads((out / "results.json").read_text())
         spanish = [row for row in results["report"] if row["language"] == "es"]
         assert {row["system"] for row in spanish} >= {"cov-ctr-es-zeroshot", "most-frequent"}
+        across = [row for row in spanish if row["reference_language"] == "en"]
+        assert across and all(row["CE-F1"] is not None for row in across)  # by its findings
+        assert "reference_language" in (out / "results.md").read_text()
         block = next(b for b in results["diagnosis"] if b["model"] == "cov-ctr-es-align")
         assert ("zero-shot image", "es") in {(r["method"], r["language"]) for r in block["rows"]}
         assert "--recipe" in results["meta"]["command"]
