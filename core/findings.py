@@ -38,7 +38,9 @@ __all__ = [
 ]
 
 Side = Literal["left", "right", "both"]
+"""The side of a finding: which lung (or both)."""
 Lobe = Literal["upper", "middle", "lower"]
+"""The lobe of a finding, by level (only the right lung has a middle lobe)."""
 Location = tuple[Side | None, Lobe | None]
 """(side, lobe) of a finding; either may be None when the report does not say."""
 

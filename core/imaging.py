@@ -3,8 +3,9 @@
 Modality plugins build on these so that every modality reads files, shapes images and builds
 encoders the same way; the engine calls :func:`preprocess` to load one input through any
 modality and gets back either a tensor it can trust or a one-line :class:`InputError` that names
-the file.  Everything here is public API: third-party modality plugins use it as the built-in
-``cxr`` and ``ct`` plugins do.
+the file.  The names in ``__all__`` belong to the plugin SDK (see the Plugin SDK reference):
+third-party modality plugins use them as the built-in ``cxr`` and ``ct`` plugins do.
+:func:`preprocess` stays importable for the engine and applications, outside that promise.
 """
 
 from __future__ import annotations
@@ -47,6 +48,17 @@ from m3fm.registry import (
     get_registry,
 )
 
+__all__ = [
+    "BACKBONE_MEAN",
+    "BACKBONE_STD",
+    "FitToSquare",
+    "SlicePooledEncoder",
+    "read_image",
+    "scale_to_unit_",
+    "standardize",
+    "timm_encoder",
+]
+
 log = logging.getLogger(__name__)
 
 BACKBONE_MEAN = 0.449
@@ -71,13 +83,25 @@ _checked: ContextVar[tuple[Path, Header | None] | None] = ContextVar("_checked",
 def read_image(path: str | Path) -> MetaTensor:
     """Read a picture, a DICOM file, a NIfTI volume or a DICOM series folder as float32.
 
-    The result is a MetaTensor, channel first with one grey channel: (1, H, W) for a 2D image,
-    rows first as a viewer shows it, or (1, *voxel axes) for a volume, whose affine lets MONAI's
-    Orientation and Spacing act on it.  Colour (pictures and DICOM) is reduced to luminance,
-    EXIF rotation is applied and DICOM MONOCHROME1 is inverted, so that in every format a higher
-    value means brighter.  DICOM rescale slope and intercept are applied (CT comes out in HU).
-    Pictures keep their grey levels (0..255 for 8-bit ones, the stored values for 16-bit, 32-bit
-    and float ones) and say which in ``meta["picture_bits"]`` (8, 16 or 32).
+    The result is a MetaTensor, channel first with one grey channel; its axes are:
+
+    * a 2D picture (PNG, JPEG, TIFF) or a single DICOM file: ``(1, rows, columns)``, rows
+      first as a viewer shows the image (row 0 at the top);
+    * a DICOM series folder: ``(1, rows, columns, slices)``, each slice as above, stacked in
+      ascending InstanceNumber (0020,0013) order, not file-name order; a file without an
+      InstanceNumber is skipped with a warning;
+    * a NIfTI file: ``(1, i, j, k)``, the file's voxel axes as stored, not reoriented.
+
+    For DICOM and NIfTI, ``image.affine`` maps voxel indices to world coordinates in MONAI's
+    RAS convention (its readers convert DICOM's LPS), so MONAI's Orientation and Spacing
+    transforms can reorient and resample a volume; a picture has no geometry (identity affine).
+    `path` may be a `str` or a `Path`.
+
+    Colour (pictures and DICOM) is reduced to luminance, EXIF rotation is applied and DICOM
+    MONOCHROME1 is inverted, so that in every format a higher value means brighter.  DICOM
+    rescale slope and intercept are applied (CT comes out in HU).  Pictures keep their grey
+    levels (0..255 for 8-bit ones, the stored values for 16-bit, 32-bit and float ones) and say
+    which in ``meta["picture_bits"]`` (8, 16 or 32).
 
     The header is read first, and a ValueError refuses, before any pixel is decoded, an input
     over the memory budget (:func:`max_input_mb`), a 4D image, a folder holding several DICOM
@@ -219,6 +243,7 @@ class FitToSquare(Transform):
         self._pad = SpatialPad((size, size), mode="constant")
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """The image resized and padded to (..., size, size), as a plain tensor."""
         image = convert_to_tensor(image, track_meta=False)
         *leading, height, width = image.shape
         scale = self.size / max(height, width)
@@ -487,6 +512,7 @@ class SlicePooledEncoder(nn.Module):
         self.feature_dim: int = slice_encoder.feature_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Features (B, feature_dim) of slices (B, C, H, W) or volumes (B, C, D, H, W)."""
         if images.ndim == 4:
             return self.slice_encoder(images)
         if images.ndim == 5:

@@ -15,13 +15,15 @@ from m3fm.registry import DataFormatError
 __all__ = ["read_sentence_pairs"]
 
 
-def read_sentence_pairs(path: Path | Traversable) -> tuple[tuple[str, str], ...]:
+def read_sentence_pairs(path: str | Path | Traversable) -> tuple[tuple[str, str], ...]:
     """The (pivot sentence, translation) pairs of a tab-separated file.
 
-    Accepts a path or an ``importlib.resources.files(...)`` entry, so a plugin can read a file
-    it ships as package data.  A line without exactly one tab, or with an empty side, raises
-    :class:`~m3fm.registry.DataFormatError` naming the file and line.
+    Accepts a path (`str` or `Path`) or an ``importlib.resources.files(...)`` entry, so a plugin
+    can read a file it ships as package data.  A line without exactly one tab, or with an empty
+    side, raises :class:`~m3fm.registry.DataFormatError` naming the file and line.
     """
+    if isinstance(path, str):
+        path = Path(path)
     pairs = []
     for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip() or line.startswith("#"):

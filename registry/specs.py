@@ -202,8 +202,9 @@ class ModalitySpec(_Spec):
         """Spatial dimensionalities the modality handles: (2,) or (2, 3)."""
         return (2, 3) if self.volume_shape else (2,)
 
-    def accepts(self, path: Path) -> bool:
+    def accepts(self, path: str | Path) -> bool:
         """Whether `path` has a file type (or is a folder) this modality reads."""
+        path = Path(path)
         if path.is_dir():
             return self.accepts_directories
         name = path.name.lower()

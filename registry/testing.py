@@ -31,8 +31,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .guard import PluginError
-from .specs import ANCHOR_LANGUAGE, EncoderOptions, LabelSpec, LanguageSpec, ModalitySpec
+from m3fm.registry import (
+    ANCHOR_LANGUAGE,
+    EncoderOptions,
+    LabelSpec,
+    LanguageSpec,
+    M3fmError,
+    ModalitySpec,
+    PluginError,
+    get_registry,
+)
+
+__all__ = [
+    "ConformanceError",
+    "check_label",
+    "check_language",
+    "check_modality",
+    "first_failure",
+    "label_coverage",
+]
 
 
 class ConformanceError(AssertionError):
@@ -125,10 +142,11 @@ def _prompt_sentences(spec: LanguageSpec) -> list[str]:
     return sentences
 
 
-def check_modality(spec: ModalitySpec, samples: Sequence[Path], scratch: Path,
+def check_modality(spec: ModalitySpec, samples: Sequence[str | Path], scratch: str | Path,
                    options: EncoderOptions | None = None) -> list[str]:
     """Check a modality plugin on real sample files of its declared types (at least one);
-    `scratch` is a writable folder for a deliberately corrupt file."""
+    `scratch` is a writable folder for a deliberately corrupt file.  Paths may be `str` or
+    `Path`; `load` receives each sample as a `Path`."""
     if not samples:
         raise ConformanceError("samples", "no sample files given",
                                "pass at least one real file of a declared type")
@@ -141,7 +159,7 @@ def check_modality(spec: ModalitySpec, samples: Sequence[Path], scratch: Path,
 _LOAD_CHECKS = ["file types", "load", "load returns float32", "load shape"]
 
 
-def _check_load(spec: ModalitySpec, samples: Sequence[Path]) -> dict[tuple[int, ...], Any]:
+def _check_load(spec: ModalitySpec, samples: Sequence[str | Path]) -> dict[tuple[int, ...], Any]:
     """Load every sample; return one batch of two per shape the samples have."""
     import torch
 
@@ -197,7 +215,7 @@ def _check_encoder(spec: ModalitySpec, batches: dict[tuple[int, ...], Any],
     return ["encoder builds", "encoder feature_dim", "encoder output"]
 
 
-def _check_corrupt_file(spec: ModalitySpec, scratch: Path) -> list[str]:
+def _check_corrupt_file(spec: ModalitySpec, scratch: str | Path) -> list[str]:
     """`load` must raise on a deliberately corrupt file of the first declared type.
 
     `load` is called directly: `preprocess` refuses such a file from its header before the
@@ -219,7 +237,7 @@ def _check_corrupt_file(spec: ModalitySpec, scratch: Path) -> list[str]:
     return ["corrupt file"]
 
 
-def first_failure(kind: str, spec: Any, scratch: Path) -> ConformanceError | None:
+def first_failure(kind: str, spec: Any, scratch: str | Path) -> ConformanceError | None:
     """The first check a provided spec fails on the inputs it ships, or None if it passes.
 
     A language is checked on its `sample_reports`, or on its own prompt sentences when it
@@ -267,9 +285,6 @@ def label_coverage(registry: Any = None) -> list[str]:
     label and installed language that has no prompts of its own for it (diagnosis in that
     language uses the anchor language's prompts).  `registry`: default, the installed plugins.
     """
-    from .errors import M3fmError
-    from .manager import get_registry
-
     registry = registry or get_registry()
     languages = [code for code in registry.names("language")
                  if len(registry.providers("language", code)) == 1]

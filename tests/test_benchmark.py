@@ -173,7 +173,8 @@ def test_steps_the_data_cannot_serve_are_skipped_and_named(tmp_path, monkeypatch
     from m3fm.registry import MissingDataError, NotAvailableError
 
     suite = Benchmark(data_folder(tmp_path / "data"), tmp_path / "runs", quick=True)
-    monkeypatch.setattr(suite, "_report_generation", lambda: [{"language": "zh", "system": "measured"}])
+    measured = [{"language": "zh", "system": "measured"}]
+    monkeypatch.setattr(suite, "_report_generation", lambda: measured)
 
     def no_labels():
         raise MissingDataError("split 'val' has no ct images labelled 'nodule'")
@@ -185,7 +186,7 @@ def test_steps_the_data_cannot_serve_are_skipped_and_named(tmp_path, monkeypatch
     monkeypatch.setattr(suite, "_diagnosis", no_extractor)
     published = []
     results = suite.measure(lambda results: published.append(json.loads(json.dumps(results))))
-    assert results["report"] == [{"language": "zh", "system": "measured"}] and results["diagnosis"] == []
+    assert results["report"] == measured and results["diagnosis"] == []
     skipped = results["meta"]["skipped"]
     assert skipped[0] == {"step": skipped[0]["step"],
                           "reason": "split 'val' has no ct images labelled 'nodule'"}
@@ -198,7 +199,7 @@ def test_steps_the_data_cannot_serve_are_skipped_and_named(tmp_path, monkeypatch
     assert "- retrieval on cov-ctr" in markdown and "labelled 'nodule'" in markdown
 
     monkeypatch.setattr(suite, "_retrieval", lambda: 1 / 0)
-    with pytest.raises(BenchmarkError, match="ZeroDivisionError|division by zero"):
+    with pytest.raises(BenchmarkError, match=r"division by zero"):
         suite.measure()
 
 
