@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from m3fm.validation import heads_divide_width, supported_version
 
+Positives = Literal["pairs", "same-text", "same-findings"]
+"""Which reports of a batch are positives of each other (see `AlignLossConfig.positives`)."""
+
 CONFIG_VERSION = 1
 """Version of the checkpoint config format; bumped when a change breaks old checkpoints."""
 
@@ -102,4 +105,15 @@ class AlignLossConfig(_Config):
         False,
         description="Also contrast images with non-English reports. Supervised setting only: "
         "off keeps the zero-shot setting honest (no image is ever paired with such a report).",
+    )
+    positives: Positives = Field(
+        "same-findings",
+        description="Which reports of a batch count as positives of each other in the "
+        "contrastive terms, so that templated reports saying the same thing are not pushed "
+        "apart as negatives. `pairs`: only a row's own image or translation (one positive per "
+        "row, the plain InfoNCE). `same-text`: also every row whose normalised report text is "
+        "identical. `same-findings`: also every row whose report states the same non-empty set "
+        "of findings (label, present, side, lobe) as read by the language's finding extractor; "
+        "a report without findings, or in a language without an extractor, falls back to its "
+        "text. For the pivot term both sides take the anchor-language report's meaning.",
     )

@@ -13,14 +13,17 @@ every rank of a distributed run and a resumed run see exactly the same sequence.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from m3fm.registry import LanguageSpec, M3fmError, Record, UsageError, get_registry
+from m3fm.alignment.config import Positives
+from m3fm.registry import Finding, LanguageSpec, M3fmError, Record, UsageError, get_registry
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class ImageReport:
     modality: str
     language: str
     text: str
+    meaning: int | None = None
+    """The report's meaning id (see :func:`meaning_id`); None when only pairs are positives."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,45 @@ class ParallelReports:
     anchor: str
     other: str
     language: str
+    meaning: int | None = None
+    """The meaning id of the anchor report, which both sides share in the pivot term."""
+
+
+def meaning_id(
+    text: str, positives: Positives,
+    extract: Callable[[str], list[Finding]] | None = None,
+) -> int | None:
+    """A stable 63-bit id of what a normalised report says; reports with equal ids are
+    positives of each other in the contrastive loss (``loss.positives``).
+
+    ``same-text`` hashes the text; ``same-findings`` hashes the sorted set of findings
+    (label, present, side, lobe) that `extract` reads, falling back to the text when there is
+    no extractor or it finds nothing.  A keyed BLAKE2 hash, not Python's salted ``hash()``, so
+    every process, loader worker and resumed run computes the same id.  None for ``pairs``.
+    """
+    if positives == "pairs":
+        return None
+    key = b"text\0" + text.encode()
+    if positives == "same-findings" and extract is not None:
+        findings = sorted({(f.label, f.present, f.side or "", f.lobe or "")
+                           for f in extract(text)})
+        if findings:
+            key = b"findings\0" + json.dumps(findings).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") >> 1
+
+
+def _meanings(languages: Sequence[str], positives: Positives) -> Callable[[str, str], int | None]:
+    """`meaning_id` of (language, normalised text), computed once per distinct report."""
+    registry = get_registry()
+    extractors = {code: registry.language(code).extract_findings for code in languages}
+    cache: dict[tuple[str, str], int | None] = {}
+
+    def meaning(language: str, text: str) -> int | None:
+        if (language, text) not in cache:
+            cache[language, text] = meaning_id(text, positives, extractors[language])
+        return cache[language, text]
+
+    return meaning
 
 
 def anchor_language(languages: Sequence[str]) -> LanguageSpec:
@@ -70,26 +114,31 @@ class AlignmentPairs:
     def from_records(
         cls, records: Sequence[Record], *, split: str, modalities: Sequence[str],
         languages: Sequence[str], image_other_language: bool = False,
-        plugin_sentences: bool = False,
+        plugin_sentences: bool = False, positives: Positives = "pairs",
     ) -> AlignmentPairs:
         """Pairs of `split` for the configured modalities and languages.
 
         With `plugin_sentences`, the sentence pairs the language plugins ship join the
-        parallel reports of the data.
+        parallel reports of the data.  Unless `positives` is ``pairs``, each pair carries the
+        :func:`meaning_id` of its (anchor) report.
         """
         registry = get_registry()
         anchor = anchor_language(languages).code
         normalize = {code: registry.language(code).normalize for code in languages}
+        meaning = _meanings(languages, positives)
         chosen = [r for r in records if r.split == split and r.language in languages]
-        image_reports = [
-            ImageReport(r.image, r.modality, r.language, normalize[r.language](r.report))
-            for r in chosen
-            if r.image is not None and r.modality in modalities and r.report.strip()
-            and (r.language == anchor or image_other_language)
-        ]
+        image_reports = []
+        for r in chosen:
+            if (r.image is not None and r.modality in modalities and r.report.strip()
+                    and (r.language == anchor or image_other_language)):
+                text = normalize[r.language](r.report)
+                image_reports.append(ImageReport(r.image, r.modality, r.language, text,
+                                                 meaning(r.language, text)))
         parallel = _parallel_reports(chosen, anchor, normalize)
         if plugin_sentences:
             parallel += _plugin_sentences(languages, anchor, normalize)
+        if positives != "pairs":
+            parallel = [replace(pair, meaning=meaning(anchor, pair.anchor)) for pair in parallel]
         for modality in modalities:
             if not any(pair.modality == modality for pair in image_reports):
                 raise M3fmError(

@@ -35,7 +35,7 @@ MASKED_LOGIT = -1e4
 
 def contrastive_loss(
     a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
-    valid: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None, meaning: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE between row-aligned, L2-normalised embeddings `a` and `b`.
 
@@ -43,12 +43,22 @@ def contrastive_loss(
     is a negative.  Rows where the boolean `valid` is False are placeholders (an image that
     could not be read): they are neither anyone's negative nor a query, and the loss is the
     mean over the valid rows, so every rank keeps the same batch shape for the gather.
+
+    `meaning` (int64, one id per row) makes the targets multi-positive: rows whose ids are
+    equal (reports that say the same thing) are positives of each other instead of
+    negatives, and each query's target is the uniform distribution over the (valid) columns
+    that share its id.  Without it the loss is the one-positive-per-row InfoNCE.
     """
-    rank, _ = _world()
+    rank, world = _world()
+    if valid is None and world > 1:
+        # Every rank must make the same collectives: another rank may hold placeholders.
+        valid = torch.ones(len(a), dtype=torch.bool, device=a.device)
     all_a, all_b = _gather(a), _gather(b)
     labels = torch.arange(len(a), device=a.device) + rank * len(a)
     a_to_b = logit_scale * a @ all_b.T
     b_to_a = logit_scale * b @ all_a.T
+    if meaning is not None:
+        return _multi_positive(a_to_b, b_to_a, labels, valid, meaning)
     if valid is None:
         return (F.cross_entropy(a_to_b, labels) + F.cross_entropy(b_to_a, labels)) / 2
     candidates = _gather(valid.float()) > 0  # gloo gathers no booleans
@@ -57,6 +67,42 @@ def contrastive_loss(
     per_row = (F.cross_entropy(a_to_b, labels, reduction="none")
                + F.cross_entropy(b_to_a, labels, reduction="none")) / 2
     return torch.where(valid, per_row, 0).sum() / valid.sum().clamp(min=1)
+
+
+def _multi_positive(
+    a_to_b: torch.Tensor, b_to_a: torch.Tensor, labels: torch.Tensor,
+    valid: torch.Tensor | None, meaning: torch.Tensor,
+) -> torch.Tensor:
+    """The soft-target loss of :func:`contrastive_loss` given the meaning ids of the rows."""
+    if meaning.shape != labels.shape:
+        raise ValueError(f"meaning has shape {tuple(meaning.shape)}; expected ({len(labels)},)")
+    meaning = meaning.to(device=labels.device, dtype=torch.int64)
+    targets = meaning[:, None] == _gather_ids(meaning)[None, :]
+    if valid is not None:
+        candidates = _gather(valid.float()) > 0  # gloo gathers no booleans
+        targets &= candidates[None, :]
+        a_to_b = a_to_b.masked_fill(~candidates, MASKED_LOGIT)
+        b_to_a = b_to_a.masked_fill(~candidates, MASKED_LOGIT)
+    # A row's own column is always a target, so a placeholder query (whose own column is not
+    # a candidate) keeps a finite loss, which the mask below then drops.
+    targets[torch.arange(len(labels), device=labels.device), labels] = True
+    targets = targets.to(a_to_b.dtype)
+    targets = targets / targets.sum(dim=1, keepdim=True)
+    per_row = (F.cross_entropy(a_to_b, targets, reduction="none")
+               + F.cross_entropy(b_to_a, targets, reduction="none")) / 2
+    if valid is None:
+        return per_row.mean()
+    return torch.where(valid, per_row, 0).sum() / valid.sum().clamp(min=1)
+
+
+def _gather_ids(ids: torch.Tensor) -> torch.Tensor:
+    """Integer ids of every rank's rows, in rank order (no autograd: ids have no gradient)."""
+    _, world = _world()
+    if world == 1:
+        return ids
+    gathered = [torch.empty_like(ids) for _ in range(world)]
+    dist.all_gather(gathered, ids.contiguous())  # int64: gloo and NCCL both gather it
+    return torch.cat(gathered)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,11 @@ class StepBatch:
     """Which rows hold a real image; None when all do."""
     anchors: dict[str, torch.Tensor] | None
     others: dict[str, torch.Tensor] | None
+    meaning: torch.Tensor | None = None
+    """Meaning id (int64) of each report; rows with equal ids are positives of each other.
+    None: one positive per row (``loss.positives = "pairs"``)."""
+    parallel_meaning: torch.Tensor | None = None
+    """Meaning id of each parallel pair's anchor report, shared by both its sides."""
 
 
 class AlignmentTask:
@@ -69,7 +74,7 @@ class AlignmentTask:
         self.pairs = AlignmentPairs.from_records(
             records, split=recipe.data.train_split, modalities=config.modalities,
             languages=config.languages, image_other_language=recipe.loss.image_other_language,
-            plugin_sentences=recipe.data.plugin_sentences,
+            plugin_sentences=recipe.data.plugin_sentences, positives=recipe.loss.positives,
         )
         tokenizer = (
             load_tokenizer(config.text.pretrained) if config.text.pretrained
@@ -183,6 +188,8 @@ class AlignmentTask:
             valid=valid,
             anchors=tokenize([p.anchor for p in parallel]) if parallel else None,
             others=tokenize([p.other for p in parallel]) if parallel else None,
+            meaning=_meaning_ids(pairs),
+            parallel_meaning=_meaning_ids(parallel) if parallel else None,
         )
 
     def loss(self, model: torch.nn.Module, batch: StepBatch) -> tuple[torch.Tensor, dict]:
@@ -195,13 +202,18 @@ class AlignmentTask:
                  for name, tokens in texts.items()}
         out = model(modality=batch.modality, images=batch.images.to(device), **texts)
         valid = None if batch.valid is None else batch.valid.to(device)
-        image_text = contrastive_loss(out["image"], out["reports"], out["logit_scale"], valid)
+        meaning = None if batch.meaning is None else batch.meaning.to(device)
+        image_text = contrastive_loss(out["image"], out["reports"], out["logit_scale"], valid,
+                                      meaning=meaning)
         logs = {f"loss_image_text_{batch.modality}": image_text.item(),
                 "logit_scale": out["logit_scale"].item()}
         total = image_text
         if batch.anchors is not None:
             if self.recipe.loss.pivot == "contrastive":
-                pivot = contrastive_loss(out["others"], out["anchors"], out["logit_scale"])
+                parallel_meaning = (None if batch.parallel_meaning is None
+                                    else batch.parallel_meaning.to(device))
+                pivot = contrastive_loss(out["others"], out["anchors"], out["logit_scale"],
+                                         meaning=parallel_meaning)
             else:
                 pivot = distillation_loss(out["others"], out["anchors"])
             logs["loss_pivot"] = pivot.item()
@@ -218,6 +230,13 @@ class AlignmentTask:
             f"{row['modality']}/{row['language']}/{row['direction']}/{metric}": row[metric]
             for row in rows for metric in ("R@1", "R@5", "R@10", "median_rank")
         }
+
+
+def _meaning_ids(pairs) -> torch.Tensor | None:
+    """The int64 meaning ids of `pairs`, or None when they carry none (``pairs`` mode)."""
+    if not pairs or any(pair.meaning is None for pair in pairs):
+        return None
+    return torch.tensor([pair.meaning for pair in pairs], dtype=torch.int64)
 
 
 def _read_alone(spec, path: Path, cache: PreprocessCache | None) -> torch.Tensor:
