@@ -9,15 +9,18 @@ from pydantic import ValidationError
 from m3fm.registry import UsageError
 
 
-def decoding(default, bridge: str | None, beams: int | None, temperature: float | None):
-    """`default` (a DecodeConfig) with the decoding options given on the command line.
+def decoding(default, bridge: str | None, beams: int | None, temperature: float | None,
+             repetition_penalty: float | None = None, repeated_clauses: str | None = None):
+    """`default` (a DecodeConfig) with the decoding options given on the command line
+    (None: not given, the model's own setting stays).
 
     Validated like a recipe's decoding section, so a value the config refuses (a NaN
     temperature, a beam too wide to fit in memory) is a usage error instead of garbage.
     """
     from m3fm.validation import describe_validation_error
 
-    changes = {"bridge": bridge, "num_beams": beams, "memory_temperature": temperature}
+    changes = {"bridge": bridge, "num_beams": beams, "memory_temperature": temperature,
+               "repetition_penalty": repetition_penalty, "repeated_clauses": repeated_clauses}
     given = {key: value for key, value in changes.items() if value is not None}
     try:
         return type(default).model_validate({**default.model_dump(), **given})

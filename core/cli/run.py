@@ -39,6 +39,13 @@ WORKERS = click.option(
 @click.option("--beams", type=click.IntRange(min=1), help="Beam width; 1 is greedy.")
 @click.option("--memory-temperature", type=click.FloatRange(min=0, min_open=True),
               help="Softmax temperature of the memory bridge; default: the model's.")
+@click.option("--repetition-penalty", type=click.FloatRange(min=1),
+              help="Divide the scores of tokens already written by this (1: no penalty); "
+              "default: the model's.")
+@click.option("--repeated-clauses", type=click.Choice(["keep", "drop", "block"]),
+              help="A clause that repeats an earlier one of the report: drop it after "
+              "decoding, block it while decoding (and drop what is left), or keep it; "
+              "default: the model's.")
 @click.option("--labels", metavar="LABEL,...",
               help="Diagnosis labels to score; default: every label of the modality.")
 @click.option("--no-diagnosis", is_flag=True, help="Write reports only.")
@@ -54,7 +61,8 @@ WORKERS = click.option(
 @click.argument("paths", nargs=-1, required=True, type=PathArg)
 def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
         as_json: bool, bridge: str | None, beams: int | None,
-        memory_temperature: float | None, labels: str | None, no_diagnosis: bool,
+        memory_temperature: float | None, repetition_penalty: float | None,
+        repeated_clauses: str | None, labels: str | None, no_diagnosis: bool,
         diagnosis_from: str, no_report: bool, resume: bool, workers: int,
         paths: tuple[Path, ...]) -> None:
     """Write a report in --lang and zero-shot label probabilities for each image, DICOM
@@ -84,7 +92,7 @@ def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
     with joined(shard), ResultsJob(out, resume, shard) as job:
         model = load_model(checkpoint, reports=analysis.report or diagnosis_from != "image")
         decode = decoding(getattr(model, "decode", DecodeConfig()), bridge, beams,
-                          memory_temperature)
+                          memory_temperature, repetition_penalty, repeated_clauses)
         job.start()
         results = analyse_inputs(model, job.pending(iter_inputs(spec, paths)), analysis,
                                  decode, workers=_checked(workers))

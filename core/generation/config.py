@@ -16,6 +16,11 @@ GENERATOR_CONFIG_VERSION = 1
 """Version of the generator checkpoint format."""
 
 Bridge = Literal["memory", "noise"]
+RepeatedClauses = Literal["keep", "drop", "block"]
+
+UNKNOWN_MODALITY = "unknown"
+"""Name of the extra modality token a modality-conditioned generator has for reports whose
+imaging domain is not among its `modalities` (text without one, or another data set's)."""
 
 
 class _Config(BaseModel):
@@ -44,6 +49,19 @@ class DecodeConfig(_Config):
     no_repeat_ngram_size: int = Field(
         0, ge=0, description="Never repeat an n-gram of this many tokens; 0 allows repeats."
     )
+    repetition_penalty: float = Field(
+        1.0, ge=1.0, allow_inf_nan=False,
+        description="Logits of tokens already written are divided (or, when negative, "
+        "multiplied) by this (the CTRL penalty, `transformers`' `repetition_penalty`); "
+        "1 leaves them as they are.",
+    )
+    repeated_clauses: RepeatedClauses = Field(
+        "drop",
+        description="`drop` removes, after decoding, each clause or sentence that repeats an "
+        "earlier one of the report (same text, case aside); `block` also keeps the decoder "
+        "from finishing a clause it has already written (it bans the clause's last token), "
+        "then drops what is left; `keep` leaves the report as decoded.",
+    )
     max_new_tokens: int = Field(160, gt=0, description="Longest report, in tokens.")
     batch_size: int = Field(64, gt=0, description="Inputs decoded together.")
 
@@ -51,15 +69,23 @@ class DecodeConfig(_Config):
 class GeneratorConfig(_Config):
     """A small BART-style encoder-decoder that writes a report from one embedding.
 
-    The embedding (plus a learnt token for the target language) becomes `prefix_tokens`
-    encoder inputs; the decoder writes the report token by token with the alignment model's
-    vocabulary.  The paper's MultiMedLM is BERT-base-sized with 6 encoder and 3 decoder
-    layers; the defaults are smaller so that it trains on a CPU.
+    The embedding becomes `prefix_tokens` encoder inputs, preceded by a learnt token for the
+    target language and, when `modalities` is not empty, one for the imaging modality; the
+    decoder writes the report token by token with the alignment model's vocabulary.  The
+    paper's MultiMedLM is BERT-base-sized with 6 encoder and 3 decoder layers; the defaults
+    are smaller so that it trains on a CPU.
     """
 
     config_version: int = Field(GENERATOR_CONFIG_VERSION, description="Checkpoint format.")
     languages: tuple[str, ...] = Field(
         min_length=1, description="Languages the generator writes (language plugin codes)."
+    )
+    modalities: tuple[str, ...] = Field(
+        (),
+        description="Imaging modalities the generator is conditioned on (modality plugin "
+        "names): each gets a learnt encoder token after the language token, and reports "
+        f"without one of these modalities get an extra `{UNKNOWN_MODALITY}` token.  Empty: "
+        "no modality token (one style per language).",
     )
     prefix_tokens: int = Field(8, gt=0, description="Encoder positions made from the embedding.")
     hidden_size: int = Field(256, gt=0, description="Width of encoder and decoder.")
@@ -80,7 +106,21 @@ class GeneratorConfig(_Config):
     def _supported_version(cls, version: int) -> int:
         return supported_version(version, GENERATOR_CONFIG_VERSION)
 
+    @field_validator("modalities")
+    @classmethod
+    def _distinct_modalities(cls, modalities: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(modalities)) != len(modalities) or UNKNOWN_MODALITY in modalities:
+            raise ValueError(
+                f"modalities must be distinct and not {UNKNOWN_MODALITY!r}, got {modalities}"
+            )
+        return modalities
+
     @model_validator(mode="after")
     def _heads_divide_width(self) -> GeneratorConfig:
         heads_divide_width(self.hidden_size, self.num_heads)
         return self
+
+    @property
+    def conditioning_tokens(self) -> int:
+        """Encoder positions before the embedding's: the language's, then the modality's."""
+        return 2 if self.modalities else 1

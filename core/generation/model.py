@@ -1,12 +1,15 @@
 """MultiMedLM: a report generator that decodes one point of the shared space into a report.
 
 The point (a text embedding in training, a bridged image embedding at inference) is projected
-to a few encoder positions, preceded by a learnt token for the target language; a BART
+to a few encoder positions, preceded by a learnt token for the target language (and, in a
+generator conditioned on modality, one for the imaging modality); a BART
 encoder-decoder from `transformers` does the rest, so decoding gets its key/value cache,
 beam search, length penalty and n-gram blocking from ``generate`` instead of from code here.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -14,10 +17,12 @@ from transformers import (
     BartConfig,
     BartForConditionalGeneration,
     GenerationConfig,
+    LogitsProcessorList,
     PreTrainedTokenizerFast,
 )
 
 from m3fm.generation.config import DecodeConfig, GeneratorConfig
+from m3fm.generation.repetition import ClauseTokens, RepeatedClauseBlocker, clause_boundary_ids
 from m3fm.registry import UsageError
 
 IGNORE_INDEX = -100
@@ -35,6 +40,8 @@ class MultiMedLM(nn.Module):
         width = config.hidden_size
         self.prefix = nn.Linear(embed_dim, config.prefix_tokens * width)
         self.language_tokens = nn.Embedding(len(config.languages), width)
+        if config.modalities:  # no parameter at all otherwise: older checkpoints load as saved
+            self.modality_tokens = nn.Embedding(len(config.modalities) + 1, width)
         self.bart = BartForConditionalGeneration(BartConfig(
             vocab_size=len(tokenizer),
             d_model=width,
@@ -46,7 +53,8 @@ class MultiMedLM(nn.Module):
             decoder_ffn_dim=config.intermediate_size,
             dropout=config.dropout,
             attention_dropout=config.dropout,
-            max_position_embeddings=max(config.max_length, config.prefix_tokens + 1) + 2,
+            max_position_embeddings=max(
+                config.max_length, config.prefix_tokens + config.conditioning_tokens) + 2,
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -65,11 +73,34 @@ class MultiMedLM(nn.Module):
             )
         return self.config.languages.index(language)
 
-    def encoder_inputs(self, embeddings: torch.Tensor, language_ids: torch.Tensor) -> torch.Tensor:
-        """(B, 1 + prefix_tokens, hidden): the language token, then the projected embedding."""
+    def modality_id(self, modality: str | None) -> int:
+        """Index of `modality` among the generator's modalities; None (not known) is the
+        extra `unknown` index.  A generator without modality tokens answers 0 for any
+        modality (it is not used); one with them refuses a modality it does not know."""
+        modalities = self.config.modalities
+        if not modalities or modality is None:
+            return len(modalities)
+        if modality not in modalities:
+            raise UsageError(
+                f"this model's report generator knows no modality {modality!r}; it knows "
+                f"{', '.join(modalities)}"
+            )
+        return modalities.index(modality)
+
+    def encoder_inputs(
+        self, embeddings: torch.Tensor, language_ids: torch.Tensor,
+        modality_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, conditioning_tokens + prefix_tokens, hidden): the language token, the modality
+        token when the generator has them (`modality_ids` None: `unknown`), then the
+        projected embedding."""
         prefix = self.prefix(embeddings).view(len(embeddings), self.config.prefix_tokens, -1)
-        language = self.language_tokens(language_ids).unsqueeze(1)
-        return torch.cat([language, prefix], dim=1)
+        tokens = [self.language_tokens(language_ids).unsqueeze(1)]
+        if self.config.modalities:
+            if modality_ids is None:
+                modality_ids = torch.full_like(language_ids, len(self.config.modalities))
+            tokens.append(self.modality_tokens(modality_ids).unsqueeze(1))
+        return torch.cat([*tokens, prefix], dim=1)
 
     def tokenize_targets(self, reports: list[str]) -> torch.Tensor:
         """Labels of normalised reports: their tokens then [EOS], padded with IGNORE_INDEX."""
@@ -85,11 +116,17 @@ class MultiMedLM(nn.Module):
         return labels
 
     def forward(
-        self, embeddings: torch.Tensor, language_ids: torch.Tensor, labels: torch.Tensor
+        self, embeddings: torch.Tensor, language_ids: torch.Tensor, labels: torch.Tensor,
+        modality_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean token cross-entropy of writing `labels` from `embeddings` (teacher forcing)."""
-        inputs = self.encoder_inputs(embeddings, language_ids)
+        inputs = self.encoder_inputs(embeddings, language_ids, modality_ids)
         return self.bart(inputs_embeds=inputs, labels=labels).loss
+
+    @functools.cached_property
+    def clause_boundaries(self) -> ClauseTokens:
+        """Token ids that end a clause or sentence (see :func:`clause_boundary_ids`)."""
+        return clause_boundary_ids(self.tokenizer)
 
     def token_limit(self, decode: DecodeConfig) -> int:
         """The longest report decoded: `decode.max_new_tokens`, but no more positions than
@@ -99,13 +136,18 @@ class MultiMedLM(nn.Module):
     @torch.no_grad()
     def generate(
         self, embeddings: torch.Tensor, language: str, decode: DecodeConfig,
-        use_cache: bool = True,
+        use_cache: bool = True, modality: str | None = None,
     ) -> list[list[int]]:
-        """Token ids of one report per embedding (without [BOS]/[EOS]/padding)."""
+        """Token ids of one report per embedding (without [BOS]/[EOS]/padding).
+
+        `modality` picks the modality token of a generator conditioned on modality (None:
+        its `unknown` token); a generator without modality tokens ignores it.
+        """
         language_ids = torch.full(
             (len(embeddings),), self.language_id(language), device=embeddings.device
         )
-        inputs = self.encoder_inputs(embeddings, language_ids)
+        modality_ids = torch.full_like(language_ids, self.modality_id(modality))
+        inputs = self.encoder_inputs(embeddings, language_ids, modality_ids)
         tokenizer = self.tokenizer
         generation = GenerationConfig(
             decoder_start_token_id=tokenizer.bos_token_id,
@@ -116,14 +158,18 @@ class MultiMedLM(nn.Module):
             num_beams=decode.num_beams,
             length_penalty=decode.length_penalty,
             no_repeat_ngram_size=decode.no_repeat_ngram_size,
+            repetition_penalty=decode.repetition_penalty,
             max_new_tokens=self.token_limit(decode),
             use_cache=use_cache,
             # Beam search stops once num_beams reports are finished (greedy has no such flag).
             **({"early_stopping": True} if decode.num_beams > 1 else {}),
         )
         attention = torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
+        blockers = ([RepeatedClauseBlocker(self.clause_boundaries)]
+                    if decode.repeated_clauses == "block" else [])
         output = self.bart.generate(
-            inputs_embeds=inputs, attention_mask=attention, generation_config=generation
+            inputs_embeds=inputs, attention_mask=attention, generation_config=generation,
+            logits_processor=LogitsProcessorList(blockers),
         )
         return [_until_eos(row, tokenizer.eos_token_id, tokenizer.bos_token_id)
                 for row in output.tolist()]

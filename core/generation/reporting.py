@@ -27,6 +27,7 @@ from m3fm.embedding import Embedder
 from m3fm.generation.bridge import MemoryBank, bridge
 from m3fm.generation.config import DecodeConfig, GeneratorConfig
 from m3fm.generation.model import MultiMedLM
+from m3fm.generation.repetition import drop_repeated_clauses
 from m3fm.registry import InputError, LanguageSpec, get_registry
 from m3fm.safe_loading import check_checkpoint_folder
 from m3fm.tokenizer import decode_report
@@ -85,6 +86,7 @@ class ReportModel(Embedder):
         """One report in `lang` per image file or preprocessed tensor."""
         self.generator.language_id(lang)  # refuse an unknown language before loading images
         modality = self.modality(modality)
+        self.generator.modality_id(modality)
         embeddings = self.embed_images(images, modality=modality)
         return self.reports_from_embeddings(embeddings, lang, decode, modality=modality)
 
@@ -92,17 +94,28 @@ class ReportModel(Embedder):
         self, embeddings: torch.Tensor, lang: str, decode: DecodeConfig | None = None,
         use_cache: bool = True, modality: str | None = None,
     ) -> list[str]:
-        """Reports for `modality` image embeddings (N, D), bridged and decoded in batches."""
+        """Reports for `modality` image embeddings (N, D), bridged and decoded in batches.
+
+        A generator conditioned on modality writes in `modality`'s style (one it does not
+        know is a UsageError); clauses repeated within a report are then handled as
+        `decode.repeated_clauses` says.
+        """
         decode = decode or self.decode
         language = get_registry().language(lang)
+        self.generator.modality_id(modality)  # refuse an unknown modality before decoding
         reports = []
         for start in range(0, len(embeddings), decode.batch_size):
             batch = embeddings[start:start + decode.batch_size].to(self.device)
             points = bridge(batch, lang, decode, self.bank, modality)
-            for ids in self.generator.generate(points, lang, decode, use_cache=use_cache):
+            for ids in self.generator.generate(points, lang, decode, use_cache=use_cache,
+                                               modality=modality):
                 text = language.normalize(decode_report(self.generator.tokenizer, ids))
                 cut_off = len(ids) >= self.generator.token_limit(decode)  # no [EOS] reached
-                reports.append(without_unfinished_sentence(text, language) if cut_off else text)
+                if cut_off:
+                    text = without_unfinished_sentence(text, language)
+                if decode.repeated_clauses != "keep":
+                    text = drop_repeated_clauses(text, language)
+                reports.append(text)
         return reports
 
     @classmethod

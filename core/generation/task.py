@@ -75,6 +75,9 @@ class GeneratorBatch:
     embeddings: torch.Tensor
     language_ids: torch.Tensor
     labels: torch.Tensor
+    modality_ids: torch.Tensor | None = None
+    """Rows' modality tokens (a report of no known modality: the `unknown` one); None for a
+    generator without modality tokens."""
 
 
 class GenerationTask:
@@ -98,8 +101,9 @@ class GenerationTask:
         if recipe.data.image_pairs > 0:
             self.examples += self._image_examples(records, embedder)
         self.bank = memory_bank(self.examples, recipe.data.bank_size, recipe.train.seed)
+        self.config = recipe.model.generator_config(self.align.config.modalities)
         seed_everything(recipe.train.seed)
-        self.model = MultiMedLM(recipe.model, self.align.config.embed_dim, self.align.tokenizer)
+        self.model = MultiMedLM(self.config, self.align.config.embed_dim, self.align.tokenizer)
         self.val_sets = retrieval_sets(
             records, split=recipe.data.val_split, modalities=self.align.config.modalities,
             languages=languages,
@@ -170,7 +174,7 @@ class GenerationTask:
 
     def training_task(self, data_description: str, align_dir: Path) -> TrainingTask:
         """The task the generic training loop runs."""
-        config = ReportModelConfig(generator=self.recipe.model, decode=self.recipe.decode)
+        config = ReportModelConfig(generator=self.config, decode=self.recipe.decode)
         counts = {language: self.examples.languages.count(language)
                   for language in self.recipe.model.languages}
         return TrainingTask(
@@ -209,7 +213,7 @@ class GenerationTask:
         return self.loader.epoch(batches, epoch)
 
     def collate(self, indices: list[int], seed: tuple[int, int]) -> GeneratorBatch:
-        """Embeddings (text ones with seeded noise), language ids and target labels."""
+        """Embeddings (text ones with seeded noise), language and modality ids, labels."""
         epoch, index = seed
         generator = torch.Generator().manual_seed(
             ((self.recipe.train.seed * 1_000_003 + epoch) * 1_000_003 + index) * 64 + self.rank
@@ -223,10 +227,12 @@ class GenerationTask:
             embeddings=embeddings + noise * from_text,
             language_ids=torch.tensor([languages.index(examples.languages[i]) for i in indices]),
             labels=self.model.tokenize_targets([examples.reports[i] for i in indices]),
+            modality_ids=modality_ids(self.config.modalities,
+                                      [examples.modalities[i] for i in indices]),
         )
 
     def loss(self, model: torch.nn.Module, batch: GeneratorBatch) -> tuple[torch.Tensor, dict]:
-        return model(batch.embeddings, batch.language_ids, batch.labels), {}
+        return model(batch.embeddings, batch.language_ids, batch.labels, batch.modality_ids), {}
 
     @torch.no_grad()
     def evaluate(self, model: MultiMedLM) -> dict[str, float]:
@@ -241,6 +247,15 @@ class GenerationTask:
                 if scores[name] is not None:  # no clinical scores without an extractor
                     metrics[f"{pairs.modality}/{pairs.language}/{name}"] = scores[name]
         return metrics
+
+
+def modality_ids(known: tuple[str, ...], modalities: list[str | None]) -> torch.Tensor | None:
+    """Modality-token ids of rows of `modalities`, for a generator conditioned on `known`:
+    a row whose modality is None or not known gets the extra `unknown` id, ``len(known)``.
+    None when `known` is empty (the generator has no modality tokens)."""
+    if not known:
+        return None
+    return torch.tensor([known.index(m) if m in known else len(known) for m in modalities])
 
 
 def memory_bank(examples: Examples, size: int | None = None, seed: int = 0) -> MemoryBank:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from m3fm.alignment.config import AlignLossConfig, AlignModelConfig
 from m3fm.generation.config import DecodeConfig, GeneratorConfig
@@ -130,13 +130,39 @@ class GenerateDataConfig(LoadingConfig):
     )
 
 
+class GeneratorRecipeModel(GeneratorConfig):
+    """The generator a recipe trains: its architecture, and which modalities it is
+    conditioned on (saved in the checkpoint as a plain generator config)."""
+
+    condition_on_modality: bool = Field(
+        True,
+        description="Give the generator a learnt token per imaging modality, so that each "
+        "modality's report style (CT, chest X-ray) is learnt apart: `modalities` left empty "
+        "is then filled with the alignment model's.  False trains one style per language.",
+    )
+
+    @model_validator(mode="after")
+    def _modalities_need_conditioning(self) -> GeneratorRecipeModel:
+        if self.modalities and not self.condition_on_modality:
+            raise ValueError("modalities are given but condition_on_modality is false")
+        return self
+
+    def generator_config(self, align_modalities: tuple[str, ...]) -> GeneratorConfig:
+        """The checkpoint's generator config, with the alignment model's `align_modalities`
+        when the generator is conditioned on modality and names none itself."""
+        fields = self.model_dump(exclude={"condition_on_modality"})
+        if self.condition_on_modality and not self.modalities:
+            fields["modalities"] = tuple(align_modalities)
+        return GeneratorConfig.model_validate(fields)
+
+
 class GenerateRecipe(_Recipe):
     """Stage 2: a report generator trained on the frozen text space of an alignment model."""
 
     stage: Literal["generate"] = Field(description="Training stage this recipe is for.")
     align: AlignmentSource
     data: GenerateDataConfig
-    model: GeneratorConfig
+    model: GeneratorRecipeModel
     decode: DecodeConfig = Field(
         default_factory=DecodeConfig, description="Default decoding, saved with the model."
     )
