@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from m3fm.cli.app import ModelFolder, PathArg, cells, cli, table
-from m3fm.cli.models import decoding, report_model
+from m3fm.cli.models import decoding, repetition_options, report_model
 from m3fm.outputs import OutputError, check_output_path, json_text, save_text
 from m3fm.registry import M3fmError, UsageError, get_registry
 
@@ -40,6 +40,7 @@ from m3fm.registry import M3fmError, UsageError, get_registry
 @click.option("--beams", type=click.IntRange(min=1), help="Report task: beam width.")
 @click.option("--memory-temperature", type=click.FloatRange(min=0, min_open=True),
               help="Report task: softmax temperature of the memory bridge.")
+@repetition_options
 @click.option("--plugin", "modality", help="Diagnosis task: modality of the images; default: "
               "the model's only one.")
 @click.option("--label", help="Diagnosis task: label to diagnose; default: the modality's "
@@ -49,8 +50,9 @@ def evaluate(checkpoints: tuple[Path, ...], data_dir: Path, format_name: str | N
              task: str, language: str | None, reference_language: str | None,
              out: Path | None, markdown: Path | None,
              reports_out: Path | None, baselines: bool, bridge: str | None,
-             beams: int | None, memory_temperature: float | None, modality: str | None,
-             label: str | None, plots: Path | None) -> None:
+             beams: int | None, memory_temperature: float | None,
+             repetition_penalty: float | None, repeated_clauses: str | None,
+             modality: str | None, label: str | None, plots: Path | None) -> None:
     """Evaluate models on a data split: retrieval (recall@k, median rank), report
     generation (BLEU-1..4, ROUGE-L, CIDEr-D and clinical-efficacy P/R/F1, beside baselines) or
     diagnosis (zero-shot from images and reports, few-shot probes, chance; AUC, F1, accuracy).
@@ -98,7 +100,8 @@ def evaluate(checkpoints: tuple[Path, ...], data_dir: Path, format_name: str | N
             name = _system_name(path)
             models[name if name not in models else str(path)] = report_model(path)
         for model in models.values():  # each model keeps its own defaults for the rest
-            model.decode = decoding(model.decode, bridge, beams, memory_temperature)
+            model.decode = decoding(model.decode, bridge, beams, memory_temperature,
+                                    repetition_penalty, repeated_clauses)
         result = evaluate_report_models(
             models, records, split=split, languages=[language] if language else None,
             baselines=baselines, reference_language=reference_language,

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 from pydantic import ValidationError
 
 from m3fm.registry import UsageError
+
+
+def repetition_options(command):
+    """``--repetition-penalty`` and ``--repeated-clauses``, shared by `run` and `evaluate`."""
+    command = click.option(
+        "--repeated-clauses", type=click.Choice(["keep", "drop", "block"]),
+        help="A clause that repeats an earlier one of the report: drop it after decoding, "
+        "block it while decoding (and drop what is left), or keep it; default: the model's.",
+    )(command)
+    return click.option(
+        "--repetition-penalty", type=click.FloatRange(min=1),
+        help="Divide the scores of tokens already written by this (1: no penalty); default: "
+        "the model's.",
+    )(command)
 
 
 def decoding(default, bridge: str | None, beams: int | None, temperature: float | None,

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from m3fm.cli.app import ModelFolder, PathArg, cli
-from m3fm.cli.models import decoding, load_model
+from m3fm.cli.models import decoding, load_model, repetition_options
 from m3fm.cli.results import Tally, emit_results
 from m3fm.diagnosis import SOURCES
 from m3fm.generation import DecodeConfig
@@ -39,13 +39,7 @@ WORKERS = click.option(
 @click.option("--beams", type=click.IntRange(min=1), help="Beam width; 1 is greedy.")
 @click.option("--memory-temperature", type=click.FloatRange(min=0, min_open=True),
               help="Softmax temperature of the memory bridge; default: the model's.")
-@click.option("--repetition-penalty", type=click.FloatRange(min=1),
-              help="Divide the scores of tokens already written by this (1: no penalty); "
-              "default: the model's.")
-@click.option("--repeated-clauses", type=click.Choice(["keep", "drop", "block"]),
-              help="A clause that repeats an earlier one of the report: drop it after "
-              "decoding, block it while decoding (and drop what is left), or keep it; "
-              "default: the model's.")
+@repetition_options
 @click.option("--labels", metavar="LABEL,...",
               help="Diagnosis labels to score; default: every label of the modality.")
 @click.option("--no-diagnosis", is_flag=True, help="Write reports only.")
