@@ -29,6 +29,7 @@ from monai.transforms import LoadImage, NormalizeIntensity, SpatialPad, Transfor
 from monai.utils import convert_to_tensor
 from PIL import ImageOps
 from torch import nn
+from torchvision.ops import roi_align
 
 from m3fm.filetypes import DICOM_SUFFIXES, DISPLAY_IMAGE_SUFFIXES, NIFTI_SUFFIXES
 from m3fm.image_headers import (
@@ -51,8 +52,10 @@ from m3fm.registry import (
 __all__ = [
     "BACKBONE_MEAN",
     "BACKBONE_STD",
+    "CROP_SCALE",
     "FitToSquare",
     "SlicePooledEncoder",
+    "random_crop",
     "read_image",
     "scale_to_unit_",
     "standardize",
@@ -65,6 +68,9 @@ BACKBONE_MEAN = 0.449
 """ImageNet's mean in grey (ITU-R 601 luma of the RGB means 0.485, 0.456, 0.406)."""
 BACKBONE_STD = 0.226
 """ImageNet's standard deviation in grey (luma of the RGB deviations 0.229, 0.224, 0.225)."""
+
+CROP_SCALE = (0.8, 1.0)
+"""Side of a random training crop (:func:`random_crop`), as a fraction of the image side."""
 
 _CONSTANT_TOLERANCE = 1e-5
 """Spread below which an image counts as constant: resampling a flat image leaves rounding noise."""
@@ -265,6 +271,27 @@ def scale_to_unit_(image: torch.Tensor, low: float, high: float) -> torch.Tensor
     """
     image.sub_(low)
     return image.div_(high - low).clamp_(0.0, 1.0) if high > low else image.mul_(0.0)
+
+
+def random_crop(image: torch.Tensor, generator: torch.Generator,
+                scale: tuple[float, float] = CROP_SCALE) -> torch.Tensor:
+    """A random square crop of an image, resized back to its size: a training augmentation.
+
+    `image` is a preprocessed slice (C, H, W) or volume (C, D, H, W); a volume gets the same
+    crop on every slice.  The crop's side is drawn uniformly from `scale` (fractions of the
+    shorter side) and its position uniformly over the image, all from `generator`, so one
+    generator state gives one crop.  Bilinear, with pixel centres aligned; returns a new tensor
+    of the same shape and dtype, never changing `image`.
+    """
+    height, width = image.shape[-2:]
+    low, high = scale
+    side = (low + (high - low) * torch.rand(1, generator=generator)) * min(height, width)
+    x0 = torch.rand(1, generator=generator) * (width - side)
+    y0 = torch.rand(1, generator=generator) * (height - side)
+    box = torch.cat([torch.zeros(1), x0, y0, x0 + side, y0 + side]).unsqueeze(0)
+    planes = image.reshape(1, -1, height, width)  # every channel and slice: one crop
+    cropped = roi_align(planes, box.to(image.dtype), output_size=(height, width), aligned=True)
+    return cropped.reshape(image.shape)
 
 
 def standardize() -> NormalizeIntensity:

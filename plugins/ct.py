@@ -62,6 +62,12 @@ RESAMPLED_SLICE_LIMIT = 4 * VOLUME_DEPTH
 RESAMPLED_GROWTH_LIMIT = 4
 """Most times resampling multiplies the voxels along an axis: finer adds voxels, not detail."""
 
+WINDOW_LEVEL_JITTER = 0.05
+"""Largest shift of the window level in training, either way, as a fraction of its width."""
+
+WINDOW_WIDTH_JITTER = (0.9, 1.1)
+"""Range of the factor that scales the window width in training."""
+
 DISPLAY_RANGE = (0.0, 255.0)
 """Grey levels of an 8-bit display picture, which a viewer has already windowed.
 
@@ -216,7 +222,39 @@ def ct_spec(
         labels=LABELS,
         sample_files=SAMPLE_FILES,
         dicom_modalities=("CT",),
+        augment=augment_ct,
     )
+
+
+def augment_ct(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A training view of a loaded slice (1, H, W) or volume (1, D, H, W): window jitter, then
+    a random crop.
+
+    `load` has already windowed the HU values into [0, 1] (0 and 1 the window's edges, values
+    outside clipped) and standardised that with :data:`m3fm.imaging.BACKBONE_MEAN` and
+    :data:`~m3fm.imaging.BACKBONE_STD`, so the raw HU are gone.  The jitter is the intensity
+    change that moving the window would make: the level shifts by up to WINDOW_LEVEL_JITTER of
+    the width and the width scales by a factor in WINDOW_WIDTH_JITTER, i.e. windowed values
+    ``u`` become ``0.5 + (u - 0.5 - shift) / factor`` about the window's centre, clipped back to
+    [0, 1], then standardised as `load` does; the result stays in `load`'s output range.  HU
+    that the original window clipped stay at its edges (a wider window cannot bring them back).
+    The same draw applies to a whole volume; then :func:`m3fm.imaging.random_crop` crops every
+    slice alike.  Every draw comes from `generator`; returns a new tensor of the same shape and
+    dtype.
+    """
+    import torch
+
+    from m3fm.imaging import BACKBONE_MEAN, BACKBONE_STD, random_crop
+
+    shift_draw, width_draw = torch.rand(2, generator=generator, dtype=torch.float64).tolist()
+    shift = WINDOW_LEVEL_JITTER * (2 * shift_draw - 1)
+    low, high = WINDOW_WIDTH_JITTER
+    factor = low + (high - low) * width_draw
+    # The same map on standardised values: the window's centre and edges in load's output.
+    bottom, top = (0.0 - BACKBONE_MEAN) / BACKBONE_STD, (1.0 - BACKBONE_MEAN) / BACKBONE_STD
+    centre = (bottom + top) / 2
+    jittered = ((image - centre - shift * (top - bottom)) / factor + centre).clamp(bottom, top)
+    return random_crop(jittered, generator)
 
 
 def build_ct_encoder(options: EncoderOptions) -> nn.Module:

@@ -26,6 +26,15 @@ IMAGE_SIZE = 224
 DEFAULT_BACKBONE = "resnet18"
 """Small and fast on CPU; ample capacity for the few thousand radiographs of public COVID sets."""
 
+AFFINE_DEGREES = 7.0
+"""Largest rotation of the training affine, either way: patients stand a little tilted."""
+
+AFFINE_SCALE = (0.95, 1.05)
+"""Range of the training affine's zoom (above 1 enlarges the chest)."""
+
+AFFINE_TRANSLATE = 0.04
+"""Largest shift of the training affine along each axis, as a fraction of the image side."""
+
 INTENSITY_PERCENTILES = (0.5, 99.5)
 """Intensities are clipped to these percentiles before scaling to [0, 1], so that burned-in
 text or a few hot pixels of a 12-bit DICOM do not squeeze the lungs' contrast."""
@@ -148,6 +157,46 @@ def load_cxr(path: Path) -> torch.Tensor:
     return _to_model_input()(scale_to_unit_(image, float(low), float(high)))
 
 
+def augment_cxr(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A training view of a loaded radiograph: a random crop, then a small random affine.
+
+    The crop is :func:`m3fm.imaging.random_crop` (a square of `CROP_SCALE` of the side, resized
+    back); the affine rotates by up to AFFINE_DEGREES, zooms within AFFINE_SCALE and shifts by up
+    to AFFINE_TRANSLATE of the side, about the image centre, bilinear, filling the corners it
+    uncovers with the image's minimum (its background).  Every draw comes from `generator`;
+    returns a new tensor of the same shape and dtype.
+    """
+    from m3fm.imaging import random_crop
+
+    return random_affine(random_crop(image, generator), generator)
+
+
+def random_affine(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Rotate, zoom and shift (C, H, W) `image` by a draw from `generator` (see augment_cxr)."""
+    import math
+
+    import torch
+    from torch.nn.functional import affine_grid, grid_sample
+
+    height, width = image.shape[-2:]
+    draws = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
+    angle = math.radians(AFFINE_DEGREES * (2 * draws[0] - 1))
+    zoom = AFFINE_SCALE[0] + (AFFINE_SCALE[1] - AFFINE_SCALE[0]) * draws[1]
+    shift_x, shift_y = (2 * AFFINE_TRANSLATE * (2 * d - 1) for d in draws[2:])  # in [-1, 1] units
+    cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+    # Output -> input coordinates, in grid_sample's [-1, 1] units: a rotation in pixels is a
+    # rotation in these units only once the aspect ratio is taken out.
+    theta = torch.tensor([[cos, -sin * height / width, shift_x],
+                          [sin * width / height, cos, shift_y]], dtype=image.dtype)
+    planes = image.reshape(1, -1, height, width)
+    grid = affine_grid(theta.unsqueeze(0), list(planes.shape), align_corners=False)
+    background = planes.min()
+    # grid_sample pads with zeros: sampling the image less its minimum pads with the minimum.
+    moved = grid_sample(planes - background, grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=False) + background
+    return moved.reshape(image.shape)
+
+
 def build_cxr_encoder(options: EncoderOptions) -> nn.Module:
     """A grey-input timm backbone mapping (B, 1, H, W) radiographs to pooled features."""
     from m3fm.imaging import timm_encoder
@@ -165,6 +214,7 @@ CXR = ModalitySpec(
     labels=LABELS,
     sample_files=SAMPLE_FILES,
     dicom_modalities=("CR", "DX"),
+    augment=augment_cxr,
 )
 
 

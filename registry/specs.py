@@ -179,6 +179,16 @@ class ModalitySpec(_Spec):
         "the plugins that declare it. Empty = any modality. Pictures and NIfTI files have no "
         "modality tag, so they are never checked (optional since plugin API 1.4).",
     )
+    augment: Callable[[Any, Any], Any] | None = Field(
+        None,
+        description="Training augmentation `augment(image, generator)`: takes one preprocessed "
+        "input as `load` returns it, a slice (C, H, W) or a volume (C, D, H, W), and a "
+        "torch.Generator, and returns a new tensor of the same shape and dtype. It draws all "
+        "its randomness from the generator (the engine seeds it per epoch, step and pair, so "
+        "training resumes exactly) and never changes its input in place. Alignment training "
+        "applies it when `data.augment` is on; None = a random crop of 2D inputs (optional "
+        "since plugin API 1.6).",
+    )
 
     @field_validator("file_types")
     @classmethod

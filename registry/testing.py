@@ -152,7 +152,8 @@ def check_modality(spec: ModalitySpec, samples: Sequence[str | Path], scratch: s
                                "pass at least one real file of a declared type")
     batches = _check_load(spec, samples)
     return [
-        *_LOAD_CHECKS, *_check_encoder(spec, batches, options), *_check_corrupt_file(spec, scratch)
+        *_LOAD_CHECKS, *_check_augment(spec, batches), *_check_encoder(spec, batches, options),
+        *_check_corrupt_file(spec, scratch),
     ]
 
 
@@ -183,6 +184,46 @@ def _check_load(spec: ModalitySpec, samples: Sequence[str | Path]) -> dict[tuple
                                    f"resize to a declared shape {sorted(shapes)}")
         batches.setdefault(tuple(image.shape), torch.stack([image, image]))
     return batches
+
+
+def _check_augment(spec: ModalitySpec, batches: dict[tuple[int, ...], Any]) -> list[str]:
+    """When the spec declares `augment`, run it on one loaded input of each shape: same shape
+    and dtype, its input unchanged, the same output from two generators of one seed, and (for
+    an input that is not constant) another output for another seed."""
+    import torch
+
+    if spec.augment is None:
+        return []
+
+    def augmented(image: Any, seed: int) -> Any:
+        fix = "make `augment(image, generator)` work on every image `load` returns"
+        with _check("augment", fix):
+            return spec.augment(image, torch.Generator().manual_seed(seed))
+
+    for shape, batch in batches.items():
+        image = batch[0].clone()
+        original = image.clone()
+        first = augmented(image, 0)
+        if not isinstance(first, torch.Tensor) or tuple(first.shape) != shape \
+                or first.dtype != image.dtype:
+            got = (f"{tuple(first.shape)} {first.dtype}" if isinstance(first, torch.Tensor)
+                   else type(first).__name__)
+            raise ConformanceError("augment", f"a {shape} {image.dtype} input gave {got}",
+                                   "return a new tensor of the input's shape and dtype")
+        if not torch.equal(image, original):
+            raise ConformanceError("augment", f"it changed its {shape} input in place",
+                                   "compute on a copy: never modify the input tensor")
+        if not torch.equal(first, augmented(image, 0)):
+            raise ConformanceError(
+                "augment", f"two generators seeded alike gave different {shape} outputs",
+                "draw every random number from the `generator` argument (torch.rand(..., "
+                "generator=generator)), never from global random state")
+        others = [augmented(image, seed) for seed in (1, 2, 3)]
+        if image.amax() > image.amin() and all(torch.equal(first, other) for other in others):
+            raise ConformanceError(
+                "augment", f"seeds 0 to 3 gave the same {shape} output",
+                "draw the augmentation's parameters from the `generator` argument")
+    return ["augment"]
 
 
 def _zeros_batches(spec: ModalitySpec) -> dict[tuple[int, ...], Any]:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchvision.ops import roi_align
 
 from m3fm.alignment.data import AlignmentPairs, Step, plan_epoch
 from m3fm.alignment.losses import contrastive_loss, distillation_loss
@@ -18,6 +17,7 @@ from m3fm.data import read_sources
 from m3fm.data.cache import PreprocessCache
 from m3fm.data.streaming import load_image, preprocessed
 from m3fm.embedding import Embedder
+from m3fm.imaging import random_crop
 from m3fm.recipes import AlignRecipe
 from m3fm.registry import M3fmError, get_registry
 from m3fm.tokenizer import load_tokenizer, train_tokenizer
@@ -30,10 +30,6 @@ from m3fm.training import (
 )
 
 log = logging.getLogger(__name__)
-
-CROP_SCALE = (0.8, 1.0)
-"""Side of a random training crop, as a fraction of the image side."""
-
 
 @dataclass
 class StepImages:
@@ -132,14 +128,15 @@ class AlignmentTask:
         return self.loader.epoch(steps, epoch)
 
     def load_images(self, step: Step, place: tuple[int, int], alone: bool = False) -> StepImages:
-        """The step's images (randomly cropped when augmenting), read in a loader worker, or
+        """The step's images (augmented when the recipe says so), read in a loader worker, or
         with `alone` each in a process of its own (after a worker died on this step).
 
         An image that cannot be read keeps its row as a placeholder (zeros: the mean image
         after standardisation) that the loss leaves out, so every rank of a distributed run
-        still holds batches of one shape.  Each crop is drawn from a generator seeded by
-        (seed, epoch, step, pair), so it is the same with any number of workers and in a
-        resumed run.
+        still holds batches of one shape.  Augmenting uses the modality's own `augment` (plugin
+        API 1.6), or a random crop of 2D images for a modality that declares none; each draws
+        from a generator seeded by (seed, epoch, step, pair), so it is the same with any number
+        of workers and in a resumed run.
         """
         spec = get_registry().modality(step.modality)
         images: list[torch.Tensor | None] = []
@@ -153,7 +150,9 @@ class AlignmentTask:
                 failed.append((position, str(path), str(exc)))
                 images.append(None)
                 continue
-            if self.recipe.data.augment and image.ndim == 3:
+            if self.recipe.data.augment and spec.augment is not None:
+                image = spec.augment(image, self._augmentation(place, index))
+            elif self.recipe.data.augment and image.ndim == 3:
                 image = random_crop(image, self._augmentation(place, index))
             images.append(image)
         shape = next((image.shape for image in images if image is not None), spec.slice_shape)
@@ -245,14 +244,3 @@ def _read_alone(spec, path: Path, cache: PreprocessCache | None) -> torch.Tensor
     if isinstance(image, M3fmError):
         raise image
     return image
-
-
-def random_crop(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A random square crop of a (C, H, W) image (side CROP_SCALE of the image), resized back."""
-    _, height, width = image.shape
-    low, high = CROP_SCALE
-    side = (low + (high - low) * torch.rand(1, generator=generator)) * min(height, width)
-    x0 = torch.rand(1, generator=generator) * (width - side)
-    y0 = torch.rand(1, generator=generator) * (height - side)
-    box = torch.cat([torch.zeros(1), x0, y0, x0 + side, y0 + side]).unsqueeze(0)
-    return roi_align(image.unsqueeze(0), box, output_size=(height, width), aligned=True)[0]

@@ -72,7 +72,10 @@ class AlignDataConfig(LoadingConfig):
         "(`LanguageSpec.parallel_sentences`), beside the data's parallel reports.",
     )
     augment: bool = Field(
-        True, description="Random crops (scale 0.8–1) of training images, seeded per step."
+        True, description="Augment training images on the fly with the modality's own "
+        "`augment` (plugin API 1.6: crops and a small affine for X-rays, window jitter and "
+        "crops for CT), else random crops of 2D images; seeded per step, so a resumed run "
+        "sees the same images."
     )
 
 
