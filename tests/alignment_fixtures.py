@@ -55,3 +55,20 @@ def write_cov_ctr(root: Path, train: int = 8, val: int = 4) -> Path:
 def tiny_overrides(*extra: str) -> list[str]:
     """`--set` arguments for the CLI: the tiny model plus `extra` key=value pairs."""
     return [arg for pair in (*TINY_MODEL, *extra) for arg in ("--set", pair)]
+
+
+def run_on_two_processes(script: str, folder: Path):
+    """Run the Python `script` under torchrun as two CPU processes (one thread each), from
+    the tests folder; returns the finished process."""
+    import os
+    import subprocess
+    import sys
+
+    path = folder / "two_processes.py"
+    path.write_text(script)
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(path)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=Path(__file__).parent,
+    )

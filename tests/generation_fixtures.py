@@ -54,3 +54,17 @@ def train_tiny_report_model(root: Path, steps: int = 6) -> tuple[Path, Path]:
                                    "train.eval_every=3")])
     assert exit_info.value.code == 0
     return data, root / "run"
+
+
+def overfit(model, embeddings, labels, steps: int = 150):
+    """Train a generator to write `labels` from `embeddings` (language 0) until it has them
+    by heart; returns it in eval mode."""
+    import torch
+
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = model(embeddings, torch.zeros(len(embeddings), dtype=torch.long), labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return model.eval()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from alignment_fixtures import tiny_overrides, write_cov_ctr
+from alignment_fixtures import run_on_two_processes, tiny_overrides, write_cov_ctr
 from conftest import run_cli
 from safetensors.torch import load_file
 
@@ -177,13 +177,7 @@ DDP_LOSS_SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 def test_distributed_contrastive_loss_equals_the_full_batch_loss(tmp_path):
     """Two real processes: gathered local losses and gradients equal one full-batch process."""
-    script = tmp_path / "ddp_loss.py"
-    script.write_text(DDP_LOSS_SCRIPT)
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(script)],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    result = run_on_two_processes(DDP_LOSS_SCRIPT, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ddp-loss-ok" in result.stdout
 

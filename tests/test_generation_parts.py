@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from generation_fixtures import overfit
 
 from m3fm.alignment.retrieval import RetrievalSet
 from m3fm.generation.bridge import MemoryBank, bridge
@@ -32,13 +33,7 @@ def memorised() -> tuple[MultiMedLM, torch.Tensor]:
     model = MultiMedLM(config, embed_dim=8, tokenizer=tokenizer)
     embeddings = F.normalize(torch.randn(2, 8), dim=-1)
     labels = model.tokenize_targets(REPORTS)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(150):
-        loss = model(embeddings, torch.zeros(2, dtype=torch.long), labels)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    return model.eval(), embeddings
+    return overfit(model, embeddings, labels), embeddings
 
 
 def test_targets_end_with_eos_and_pad_with_the_ignored_index(memorised):

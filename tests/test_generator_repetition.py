@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from generation_fixtures import overfit
 
 from m3fm.generation.bridge import MemoryBank
 from m3fm.generation.config import DecodeConfig, GeneratorConfig
@@ -75,13 +76,7 @@ def looping() -> tuple[MultiMedLM, torch.Tensor]:
                        tokenizer=tokenizer)
     embeddings = F.normalize(torch.randn(1, 8), dim=-1)
     labels = model.tokenize_targets([LOOP])
-    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(150):
-        loss = model(embeddings, torch.zeros(1, dtype=torch.long), labels)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    return model.eval(), embeddings
+    return overfit(model, embeddings, labels), embeddings
 
 
 def _reports(model: MultiMedLM, embeddings: torch.Tensor, decode: DecodeConfig) -> list[str]:

@@ -6,12 +6,11 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from alignment_fixtures import tiny_overrides, write_cov_ctr
+from alignment_fixtures import run_on_two_processes, tiny_overrides, write_cov_ctr
 
 from m3fm.alignment.config import AlignLossConfig
 from m3fm.alignment.data import AlignmentPairs, meaning_id
@@ -264,13 +263,6 @@ DDP_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_distributed_multi_positive_loss_equals_the_full_batch_loss(tmp_path):
-    script = tmp_path / "ddp_multi_positive.py"
-    script.write_text(DDP_SCRIPT)
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(script)],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
-        cwd=Path(__file__).parent,
-    )
+    result = run_on_two_processes(DDP_SCRIPT, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ddp-multi-positive-ok" in result.stdout
