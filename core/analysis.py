@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from m3fm.data.streaming import preprocessed
+from m3fm.diagnosis.validation import Validation
 from m3fm.diagnosis.zeroshot import PromptClassifier, as_mapping, combine, resolve_labels
 from m3fm.embedding import Embedder
 from m3fm.generation.config import DecodeConfig
@@ -26,21 +27,24 @@ from m3fm.registry import M3fmError, ModalitySpec, UsageError, get_registry
 class Analysis:
     """What to compute per input: a report (when `report`) and the probabilities of `labels`
     read from `diagnosis_from` (image, report or combined; no diagnosis when `labels` is
-    empty)."""
+    empty).  With the model's `validation` figures, each result lists the labels they do not
+    vouch for (``unvalidated``)."""
 
     modality: str
     lang: str
     report: bool = True
     labels: tuple[str, ...] = ()
     diagnosis_from: str = "image"
+    validation: Validation | None = None
 
 
 def analyse_inputs(
     model: Embedder, inputs: Iterable[Path], analysis: Analysis,
     decode: DecodeConfig | None = None, workers: int = 0,
 ) -> Iterator[dict[str, object]]:
-    """Yield ``{"input", "modality", "language", "report"?, "diagnosis"?, "prompt_languages"?}``
-    (``prompt_languages``: per label, the language of the prompts it was scored with) or
+    """Yield ``{"input", "modality", "language", "report"?, "diagnosis"?, "prompt_languages"?,
+    "unvalidated"?}`` (``prompt_languages``: per label, the language of the prompts it was
+    scored with; ``unvalidated``: the labels the model's validation figures do not vouch for) or
     ``{"input", "error"}`` per input: an error as soon as the input fails to load, the others
     a batch (``decode.batch_size``) at a time, in input order; `workers` processes load the
     inputs ahead (0: this process, when asked).
@@ -107,6 +111,9 @@ def _results(
             if diagnosis is not None:
                 result["diagnosis"] = diagnosis
                 result["prompt_languages"] = dict(classifier.prompt_languages)
+                if analysis.validation is not None:
+                    result["unvalidated"] = analysis.validation.unvalidated(
+                        modality, analysis.lang, classifier.labels)
             yield result
 
 

@@ -183,9 +183,16 @@ def test_packaged_model_is_half_size_loads_and_has_a_model_card(trained, capsys,
     code, _, err = run_cli(capsys, "evaluate", "--task", "report", "--checkpoint",
                            str(run / "final"), "--data", str(data), "--out", str(results))
     assert code == 0, err
+    diagnosis = tmp_path / "val-diagnosis.json"  # as `m3fm evaluate --task diagnosis --out`
+    diagnosis.write_text(json.dumps([
+        {"modality": "ct", "label": "covid19", "split": "val", "method": "zero-shot image",
+         "language": "zh", "n": 4, "positives": 2, "auc": 0.55},
+        {"modality": "ct", "label": "covid19", "split": "val", "method": "chance",
+         "language": "-", "n": 4, "positives": 2, "auc": 0.5}]))
     target = tmp_path / "bundled"
     with pytest.raises(SystemExit) as exit_info:
-        package_main([str(run / "final"), str(target), "--results", str(results)])
+        package_main([str(run / "final"), str(target), "--results", str(results),
+                      "--diagnosis", str(diagnosis)])
     assert exit_info.value.code == 0
     original, packed = (load_file(str(d / "model.safetensors")) for d in (run / "final", target))
     assert all(packed[k].dtype == torch.float16 and packed[k].shape == original[k].shape
@@ -195,7 +202,15 @@ def test_packaged_model_is_half_size_loads_and_has_a_model_card(trained, capsys,
     card = (target / "README.md").read_text(encoding="utf-8")
     assert "cov-ctr-zh-zeroshot" in card and "| nearest-report" in card and "CC BY" in card
     assert "holds\n  8 zh (ct/zh 8) training-report embeddings" in card
+    assert " distinct " in card and "- ct (zh): covid19" in card  # AUC 0.55 < 0.6
+    assert json.loads((target / "validation.json").read_text())["rows"][0]["auc"] == 0.55
     image = next((data / "images").glob("val-*.png"))
+    code, out, err = run_cli(capsys, "run", "--plugin", "ct", "--lang", "zh", "--no-report",
+                             "--checkpoint", str(target), str(image))
+    assert code == 0 and "covid19: 0." in out and "(unvalidated)" in out, err
+    code, out, _ = run_cli(capsys, "run", "--plugin", "ct", "--lang", "zh", "--no-report",
+                           "--json", "--checkpoint", str(run / "final"), str(image))
+    assert "unvalidated" not in json.loads(out)  # a model without figures claims nothing
     before = m3fm.load(run / "final").embed_images([image], modality="ct")
     after = m3fm.load(target).embed_images([image], modality="ct")
     assert torch.allclose(before, after, atol=1e-2)

@@ -88,7 +88,7 @@ def render_markdown(results: dict) -> str:
         "",
         *_extras_note(meta),
         _table(results["report"], ["language", *_references_column(results["report"]),
-                                   "system", "n", *REPORT_METRICS]),
+                                   "system", "n", "distinct", *REPORT_METRICS]),
         "",
         "## Retrieval",
         "",

@@ -107,7 +107,7 @@ def evaluate(checkpoints: tuple[Path, ...], data_dir: Path, format_name: str | N
             baselines=baselines, reference_language=reference_language,
         )
         rows = rows_for_out = result.rows
-        columns = ["modality", "language", "reference_language", "system", "n",
+        columns = ["modality", "language", "reference_language", "system", "n", "distinct",
                    *REPORT_METRICS]
         title = f"report generation on {split}"
         if reports_out is not None:

@@ -80,7 +80,7 @@ def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
     registry.language(language)
     chosen = () if no_diagnosis else resolve_labels(modality, _split_labels(labels))
     analysis = Analysis(modality, language, report=not no_report, labels=chosen,
-                        diagnosis_from=diagnosis_from)
+                        diagnosis_from=diagnosis_from, validation=_validation(checkpoint))
     shard = Shard.from_env()
     # --out is checked and locked before the model loads: a bad path fails in a second
     with joined(shard), ResultsJob(out, resume, shard) as job:
@@ -107,20 +107,32 @@ def _checked(workers: int) -> int:
     return check_workers(workers)
 
 
+def _validation(checkpoint: Path | None):
+    """The diagnosis figures the model (the bundled one when None) ships, if any."""
+    from m3fm.diagnosis.validation import read_validation
+    from m3fm.models import default_model_dir
+
+    return read_validation(checkpoint if checkpoint is not None else default_model_dir())
+
+
 def _split_labels(labels: str | None) -> list[str] | None:
     return None if labels is None else [label.strip() for label in labels.split(",") if label]
 
 
 def _as_text(result: dict) -> str:
     """One input's result for people: its path, its report, then one line per label; a label
-    scored with prompts of another language than the result's says which."""
+    scored with prompts of another language than the result's says which, and a label the
+    model was not validated on says so instead of looking like a measured probability."""
     lines = [result["input"]]
     if "report" in result:
         lines.append(result["report"])
     used = result.get("prompt_languages", {})
+    unvalidated = set(result.get("unvalidated", ()))
     for label, p in result.get("diagnosis", {}).items():
         other = used.get(label, result.get("language"))
-        note = f" ({other} prompts)" if other != result.get("language") else ""
+        notes = [f"{other} prompts"] if other != result.get("language") else []
+        notes += ["unvalidated"] if label in unvalidated else []
+        note = f" ({', '.join(notes)})" if notes else ""
         lines.append(f"  {label}: {p:.3f}{note}")
     return "\n".join(lines) + "\n"
 

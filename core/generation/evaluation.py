@@ -98,7 +98,7 @@ class ReportEvaluation:
                                written_references)
         self.rows.append({"modality": subset.modality, "language": language,
                           "reference_language": subset.language, "system": system,
-                          "n": len(hypotheses), **scores})
+                          "n": len(hypotheses), "distinct": len(set(hypotheses)), **scores})
         entries = [e for e in self.reports
                    if e["modality"] == subset.modality and e["language"] == language]
         if not entries:

@@ -4,12 +4,19 @@ card, small enough to ship inside the package (the budget is 25 MB).
     m3fm train --recipe m3fm-small --data ../shared/data --out runs/m3fm-small
     m3fm evaluate --task report --checkpoint runs/m3fm-small/final \\
         --data ../shared/data/cov-ctr --split val --out runs/m3fm-small/val-report.json
+    m3fm evaluate --task diagnosis --checkpoint runs/m3fm-small/final \\
+        --data ../shared/data/covid-cxr --split val --out runs/m3fm-small/val-cxr.json
+    m3fm evaluate --task diagnosis --checkpoint runs/m3fm-small/final \\
+        --data ../shared/data/cov-ctr --split val --out runs/m3fm-small/val-ct.json
     python -m m3fm.models.package runs/m3fm-small/final core/models/m3fm-small \\
-        --results runs/m3fm-small/val-report.json
+        --results runs/m3fm-small/val-report.json \\
+        --diagnosis runs/m3fm-small/val-cxr.json --diagnosis runs/m3fm-small/val-ct.json
 
 Weights are stored as float16 and read back into float32 parameters on load; the memory bank
 is float16 already.  The model card is written from the checkpoint's metadata (recipe,
-commit, data) and the evaluation results, so it states what was measured, not what was hoped.
+commit, data) and the evaluation results, so it states what was measured, not what was hoped;
+the zero-shot diagnosis figures also go into ``validation.json``, by which `m3fm run` marks
+the labels they do not vouch for.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from tabulate import tabulate
 
 from m3fm.checkpoint import read_metadata, write_directory_atomically
+from m3fm.diagnosis.validation import MIN_AUC, Validation
 from m3fm.generation.reporting import ALIGN_DIR
 
 WEIGHT_FILES = ("model.safetensors", f"{ALIGN_DIR}/model.safetensors")
@@ -56,17 +64,21 @@ def directory_size_mb(directory: Path) -> float:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) / 2**20
 
 
-def model_card(metadata: dict, modalities: list[str], results: list[dict], size_mb: float
-               ) -> str:
-    """The README.md of a bundled model, from its metadata and evaluation rows."""
+def model_card(metadata: dict, modalities: list[str], results: list[dict], size_mb: float,
+               validation: Validation, labels: dict[str, tuple[str, ...]]) -> str:
+    """The README.md of a bundled model, from its metadata, report rows and diagnosis figures;
+    `labels` are the labels each modality declares."""
     recipe = metadata["task"]["recipe"]
-    columns = ["modality", "language", "system", "n", "BLEU-4", "ROUGE-L", "CIDEr-D", "CE-F1",
-               "CE-F1-positive"]
-    table = tabulate(
-        [[f"{row[c]:.3f}" if isinstance(row[c], float) else row[c] for c in columns]
-         for row in results],
-        headers=columns, tablefmt="github",
-    )
+    columns = ["modality", "language", "system", "n", "distinct", "BLEU-4", "ROUGE-L",
+               "CIDEr-D", "CE-F1", "CE-F1-positive"]
+    table = _table(results, columns)
+    diagnosis = _table(list(validation.rows),
+                       ["modality", "label", "language", "n", "positives", "auc"])
+    languages = recipe["model"]["languages"]
+    unvalidated = "\n".join(
+        f"- {modality} ({language}): {', '.join(missing)}"
+        for modality in modalities for language in languages
+        if (missing := validation.unvalidated(modality, language, labels[modality])))
     return f"""# {recipe['name']} (recipe v{recipe['version']})
 
 {recipe['description']}.
@@ -102,7 +114,25 @@ baselines of the same command (see the docs' "Report generation" page for what t
 Only CT reports are scored: no data set here pairs chest X-rays with reports (covid-cxr has
 clinical notes, IU X-ray reports come without images), so the quality of X-ray reports is
 not measured.
+
+## Diagnosis
+
+Zero-shot diagnosis from the image (`m3fm evaluate --task diagnosis`, {validation.split}
+split; the label prompts of each language), AUC:
+
+{diagnosis}
+
+A label counts as validated at an AUC of {MIN_AUC} or more. The shared data label no other
+finding, so these labels were never checked and `m3fm run` marks their probabilities
+"unvalidated"; do not read them as measured:
+
+{unvalidated or "- none"}
 """
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    return tabulate([[f"{row.get(c):.3f}" if isinstance(row.get(c), float) else row.get(c)
+                      for c in columns] for row in rows], headers=columns, tablefmt="github")
 
 
 def _bank_sizes(metadata: dict) -> str:
@@ -120,16 +150,27 @@ def _bank_sizes(metadata: dict) -> str:
 @click.argument("target", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--results", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               required=True, help="JSON rows of `m3fm evaluate --task report --out`.")
-def main(source: Path, target: Path, results: Path) -> None:
+@click.option("--diagnosis", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              multiple=True, required=True,
+              help="JSON rows of `m3fm evaluate --task diagnosis --out` (repeatable).")
+@click.option("--split", default="val", show_default=True, help="The split they measured.")
+def main(source: Path, target: Path, results: Path, diagnosis: tuple[Path, ...],
+         split: str) -> None:
     """Package the report model SOURCE as a bundled model in TARGET."""
+    from m3fm.registry import get_registry
+
     metadata = read_metadata(source)
     rows = json.loads(results.read_text())
     modalities = json.loads((source / ALIGN_DIR / "config.json").read_text())["modalities"]
+    validation = Validation.from_diagnosis_rows(
+        [row for path in diagnosis for row in json.loads(path.read_text())], split)
+    labels = {m: get_registry().modality_labels(m) for m in modalities}
 
     def fill(directory: Path) -> None:
         half_precision_copy(source, directory)
+        validation.write(directory)
         size = directory_size_mb(directory)
-        card = model_card(metadata, modalities, rows, size)
+        card = model_card(metadata, modalities, rows, size, validation, labels)
         (directory / "README.md").write_text(card, encoding="utf-8")
 
     write_directory_atomically(target, fill)
