@@ -179,3 +179,19 @@ def test_the_recipe_conditions_on_the_alignment_models_modalities_by_default():
     with pytest.raises(ConfigError, match="condition_on_modality"):
         load_recipe("cov-ctr-zh-zeroshot", {"model.modalities": "[ct]",
                                             "model.condition_on_modality": "false"})
+
+
+def test_a_seeded_share_of_training_rows_learns_the_unknown_modality_token():
+    from m3fm.generation.task import MODALITY_DROPOUT
+
+    rows = ["ct"] * 2000
+    first, again = (modality_ids(("ct", "cxr"), rows, torch.Generator().manual_seed(3))
+                    for _ in range(2))
+    assert torch.equal(first, again)  # a resumed run draws the same
+    assert abs((first == 2).float().mean().item() - MODALITY_DROPOUT) < 0.03
+    assert set(modality_ids(("ct", "cxr"), rows).tolist()) == {0}  # no generator: no dropout
+
+
+def test_a_modality_never_written_in_a_language_is_decoded_without_its_token():
+    bank = MemoryBank({"zh": torch.ones(1, 4), "ct/zh": torch.ones(1, 4)})
+    assert bank.covers("ct", "zh") and not bank.covers("cxr", "zh")

@@ -44,6 +44,11 @@ class MemoryBank:
         """Reports kept per key, as the model card states them."""
         return {key: len(vectors) for key, vectors in self.embeddings.items()}
 
+    def covers(self, modality: str | None, language: str) -> bool:
+        """Whether the bank holds `language` reports of `modality`, i.e. the generator was
+        trained to write that modality's reports in that language."""
+        return f"{modality}/{language}" in self.embeddings
+
     def project(self, queries: torch.Tensor, language: str, temperature: float,
                 modality: str | None = None) -> torch.Tensor:
         """Softmax(cosine / temperature)-weighted means of the bank, L2-normalised.

@@ -97,18 +97,20 @@ class ReportModel(Embedder):
         """Reports for `modality` image embeddings (N, D), bridged and decoded in batches.
 
         A generator conditioned on modality writes in `modality`'s style (one it does not
-        know is a UsageError); clauses repeated within a report are then handled as
+        know is a UsageError), or in no modality's (the `unknown` token) when it never saw
+        `modality` reports in `lang`; clauses repeated within a report are then handled as
         `decode.repeated_clauses` says.
         """
         decode = decode or self.decode
         language = get_registry().language(lang)
         self.generator.modality_id(modality)  # refuse an unknown modality before decoding
+        style = modality if self.bank.covers(modality, lang) else None
         reports = []
         for start in range(0, len(embeddings), decode.batch_size):
             batch = embeddings[start:start + decode.batch_size].to(self.device)
             points = bridge(batch, lang, decode, self.bank, modality)
             for ids in self.generator.generate(points, lang, decode, use_cache=use_cache,
-                                               modality=modality):
+                                               modality=style):
                 text = language.normalize(decode_report(self.generator.tokenizer, ids))
                 cut_off = len(ids) >= self.generator.token_limit(decode)  # no [EOS] reached
                 if cut_off:

@@ -228,7 +228,7 @@ class GenerationTask:
             language_ids=torch.tensor([languages.index(examples.languages[i]) for i in indices]),
             labels=self.model.tokenize_targets([examples.reports[i] for i in indices]),
             modality_ids=modality_ids(self.config.modalities,
-                                      [examples.modalities[i] for i in indices]),
+                                      [examples.modalities[i] for i in indices], generator),
         )
 
     def loss(self, model: torch.nn.Module, batch: GeneratorBatch) -> tuple[torch.Tensor, dict]:
@@ -249,13 +249,25 @@ class GenerationTask:
         return metrics
 
 
-def modality_ids(known: tuple[str, ...], modalities: list[str | None]) -> torch.Tensor | None:
+MODALITY_DROPOUT = 0.2
+"""Share of training rows written with the `unknown` modality token, so that the token is
+learnt: the generator uses it for a (modality, language) whose reports it never saw (X-ray
+reports in Chinese, say, when only Chinese CT reports exist)."""
+
+
+def modality_ids(known: tuple[str, ...], modalities: list[str | None],
+                 generator: torch.Generator | None = None) -> torch.Tensor | None:
     """Modality-token ids of rows of `modalities`, for a generator conditioned on `known`:
-    a row whose modality is None or not known gets the extra `unknown` id, ``len(known)``.
+    a row whose modality is None or not known gets the extra `unknown` id, ``len(known)``, and
+    with `generator` (training) so does a seeded MODALITY_DROPOUT share of the others.
     None when `known` is empty (the generator has no modality tokens)."""
     if not known:
         return None
-    return torch.tensor([known.index(m) if m in known else len(known) for m in modalities])
+    ids = torch.tensor([known.index(m) if m in known else len(known) for m in modalities])
+    if generator is not None:
+        dropped = torch.rand(len(ids), generator=generator) < MODALITY_DROPOUT
+        ids = torch.where(dropped, len(known), ids)
+    return ids
 
 
 def memory_bank(examples: Examples, size: int | None = None, seed: int = 0) -> MemoryBank:
