@@ -89,14 +89,14 @@ COVID19 = LabelSpec(
     # X-ray plugin declares the same English prompts, so the two entries merge.
     prompts={"en": LabelPrompts(
         positive=(
-            "Ground glass shadows are seen in both lungs.",
-            "Multiple patchy ground glass shadows are seen in both lungs, with blurred borders.",
+            "Diffuse infiltrates in the bilateral lower lungs.",
             "Bilateral peripheral ground-glass opacities, consistent with COVID-19 pneumonia.",
+            "Multiple patchy ground glass shadows are seen in both lungs, with blurred borders.",
         ),
         negative=(
             "No abnormal density shadow is seen in both lungs.",
-            "No ground glass shadow is seen in both lungs.",
-            "No ground-glass opacities; no evidence of COVID-19 pneumonia.",
+            "Dense lobar consolidation, consistent with bacterial pneumonia.",
+            "Endotracheal tube and central line in place; severe ARDS.",
         ),
     )},
 )
