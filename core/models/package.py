@@ -65,9 +65,9 @@ def directory_size_mb(directory: Path) -> float:
 
 
 def model_card(metadata: dict, modalities: list[str], results: list[dict], size_mb: float,
-               validation: Validation, labels: dict[str, tuple[str, ...]]) -> str:
+               validation: Validation, labels: dict[str, tuple[str, ...]], bridge: str) -> str:
     """The README.md of a bundled model, from its metadata, report rows and diagnosis figures;
-    `labels` are the labels each modality declares."""
+    `labels` are the labels each modality declares, `bridge` the one it decodes with."""
     recipe = metadata["task"]["recipe"]
     columns = ["modality", "language", "system", "n", "distinct", "BLEU-4", "ROUGE-L",
                "CIDEr-D", "CE-F1", "CE-F1-positive"]
@@ -85,14 +85,14 @@ def model_card(metadata: dict, modalities: list[str], results: list[dict], size_
 
 - **Architecture:** a MultiMedCLIP alignment model (images: {', '.join(modalities)}) and a
   MultiMedLM generator writing {', '.join(recipe['model']['languages'])}, trained on text
-  only; image embeddings reach the generator through the `{recipe['decode']['bridge']}`
-  bridge.
+  only; image embeddings reach the generator through the `{bridge}` bridge.
 - **Produced by:** `m3fm train --recipe {recipe['name']} --data ../shared/data
   --out runs/{recipe['name']}`, then `python -m m3fm.models.package` (weights stored in
   float16), at commit
   `{metadata.get('git_commit')}` with m3fm {metadata.get('m3fm_version')} and torch
   {metadata.get('torch_version')}, {metadata.get('created')}; {metadata['step']} generator steps.
-- **Size:** {size_mb:.1f} MB, of which the memory bank of the `memory` bridge holds
+- **Size:** {size_mb:.1f} MB, of which the memory bank (used by the `memory` bridge, and to
+  tell which modality a language has reports of) holds
   {_bank_sizes(metadata)} training-report embeddings.
 - **Intended use:** a working default for trying m3fm and for tests. It is trained from scratch
   on about 800 images on a CPU: it is not a clinical tool, and its reports must not be used to
@@ -162,6 +162,7 @@ def main(source: Path, target: Path, results: Path, diagnosis: tuple[Path, ...],
     metadata = read_metadata(source)
     rows = json.loads(results.read_text())
     modalities = json.loads((source / ALIGN_DIR / "config.json").read_text())["modalities"]
+    bridge = json.loads((source / "config.json").read_text())["decode"]["bridge"]
     validation = Validation.from_diagnosis_rows(
         [row for path in diagnosis for row in json.loads(path.read_text())], split)
     labels = {m: get_registry().modality_labels(m) for m in modalities}
@@ -170,7 +171,7 @@ def main(source: Path, target: Path, results: Path, diagnosis: tuple[Path, ...],
         half_precision_copy(source, directory)
         validation.write(directory)
         size = directory_size_mb(directory)
-        card = model_card(metadata, modalities, rows, size, validation, labels)
+        card = model_card(metadata, modalities, rows, size, validation, labels, bridge)
         (directory / "README.md").write_text(card, encoding="utf-8")
 
     write_directory_atomically(target, fill)
