@@ -4,9 +4,9 @@ card, small enough to ship inside the package (the budget is 25 MB).
     m3fm train --recipe m3fm-small --data ../shared/data --out runs/m3fm-small
     m3fm evaluate --task report --checkpoint runs/m3fm-small/final \\
         --data ../shared/data/cov-ctr --split val --out runs/m3fm-small/val-report.json
-    m3fm evaluate --task diagnosis --checkpoint runs/m3fm-small/final \\
+    m3fm evaluate --task diagnosis --plugin cxr --checkpoint runs/m3fm-small/final \\
         --data ../shared/data/covid-cxr --split val --out runs/m3fm-small/val-cxr.json
-    m3fm evaluate --task diagnosis --checkpoint runs/m3fm-small/final \\
+    m3fm evaluate --task diagnosis --plugin ct --checkpoint runs/m3fm-small/final \\
         --data ../shared/data/cov-ctr --split val --out runs/m3fm-small/val-ct.json
     python -m m3fm.models.package runs/m3fm-small/final core/models/m3fm-small \\
         --results runs/m3fm-small/val-report.json \\
