@@ -184,11 +184,11 @@ def test_packaged_model_is_half_size_loads_and_has_a_model_card(trained, capsys,
                            str(run / "final"), "--data", str(data), "--out", str(results))
     assert code == 0, err
     diagnosis = tmp_path / "val-diagnosis.json"  # as `m3fm evaluate --task diagnosis --out`
-    diagnosis.write_text(json.dumps([
+    diagnosis.write_text(json.dumps({"few_shot": [], "rows": [
         {"modality": "ct", "label": "covid19", "split": "val", "method": "zero-shot image",
          "language": "zh", "n": 4, "positives": 2, "auc": 0.55},
         {"modality": "ct", "label": "covid19", "split": "val", "method": "chance",
-         "language": "-", "n": 4, "positives": 2, "auc": 0.5}]))
+         "language": "-", "n": 4, "positives": 2, "auc": 0.5}]}))
     target = tmp_path / "bundled"
     with pytest.raises(SystemExit) as exit_info:
         package_main([str(run / "final"), str(target), "--results", str(results),

@@ -122,9 +122,9 @@ split; the label prompts of each language), AUC:
 
 {diagnosis}
 
-A label counts as validated at an AUC of {MIN_AUC} or more. The shared data label no other
-finding, so these labels were never checked and `m3fm run` marks their probabilities
-"unvalidated"; do not read them as measured:
+A label counts as validated at an AUC of {MIN_AUC} or more. The labels below were measured
+under that, or never measured because the data label no such finding; `m3fm run` marks their
+probabilities "unvalidated": do not read them as measured.
 
 {unvalidated or "- none"}
 """
@@ -152,7 +152,7 @@ def _bank_sizes(metadata: dict) -> str:
               required=True, help="JSON rows of `m3fm evaluate --task report --out`.")
 @click.option("--diagnosis", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               multiple=True, required=True,
-              help="JSON rows of `m3fm evaluate --task diagnosis --out` (repeatable).")
+              help="JSON of `m3fm evaluate --task diagnosis --out` (repeatable).")
 @click.option("--split", default="val", show_default=True, help="The split they measured.")
 def main(source: Path, target: Path, results: Path, diagnosis: tuple[Path, ...],
          split: str) -> None:
@@ -164,7 +164,7 @@ def main(source: Path, target: Path, results: Path, diagnosis: tuple[Path, ...],
     modalities = json.loads((source / ALIGN_DIR / "config.json").read_text())["modalities"]
     bridge = json.loads((source / "config.json").read_text())["decode"]["bridge"]
     validation = Validation.from_diagnosis_rows(
-        [row for path in diagnosis for row in json.loads(path.read_text())], split)
+        [row for path in diagnosis for row in json.loads(path.read_text())["rows"]], split)
     labels = {m: get_registry().modality_labels(m) for m in modalities}
 
     def fill(directory: Path) -> None:
