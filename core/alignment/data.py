@@ -58,7 +58,7 @@ def meaning_id(
 
     ``same-text`` hashes the text; ``same-findings`` hashes the sorted set of findings
     (label, present, side, lobe) that `extract` reads, falling back to the text when there is
-    no extractor or it finds nothing.  A keyed BLAKE2 hash, not Python's salted ``hash()``, so
+    no extractor or it finds nothing.  A BLAKE2 hash, not Python's salted ``hash()``, so
     every process, loader worker and resumed run computes the same id.  None for ``pairs``.
     """
     if positives == "pairs":
