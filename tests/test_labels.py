@@ -192,7 +192,9 @@ def test_a_label_only_a_modality_package_declares_is_diagnosed_in_any_language(c
     code, out, err = run_cli(capsys, "run", "--plugin", "cxr", "--lang", "zh", "--no-report",
                              "--labels", "pleural_plaque,effusion", str(SAMPLE))
     assert code == 0, err
-    assert "  pleural_plaque: 0." in out and out.count("(en prompts)") == 1
+    assert "  pleural_plaque: 0." in out and out.count("en prompts") == 1
+    # the bundled model was validated on covid19 only: it vouches for neither label
+    assert "(en prompts, unvalidated)" in out and out.count("(unvalidated)") == 1
 
 
 def test_plugins_list_warns_about_missing_translations(capsys):
