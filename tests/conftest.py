@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 # The preprocessing cache of every test run goes to a fresh folder, never the user's own; a
 # test that needs its own cache sets M3FM_CACHE itself.
 os.environ["M3FM_CACHE"] = tempfile.mkdtemp(prefix="m3fm-test-cache-")
+# Likewise the user cache folder, where `m3fm plugins list` keeps the conformance verdicts.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="m3fm-test-user-cache-")
 
 
 def _data_root() -> Path:

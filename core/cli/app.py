@@ -76,17 +76,26 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def version(as_json: bool) -> None:
-    """Show the versions of m3fm, its plugin API and the runtime."""
-    import torch
+@click.option("--cuda", is_flag=True,
+              help="Also import torch to say whether it sees a CUDA GPU (slower).")
+def version(as_json: bool, cuda: bool) -> None:
+    """Show the versions of m3fm, its plugin API and the runtime.
 
-    info = {
+    torch's version comes from its package metadata, so that printing a version does not
+    import torch (a second and 600 MB); `--cuda` imports it to ask for a GPU.
+    """
+    from importlib.metadata import version as installed_version
+
+    info: dict[str, object] = {
         "m3fm": __version__,
         "plugin_api": PLUGIN_API_VERSION,
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda_available": torch.cuda.is_available(),
+        "torch": installed_version("torch"),
     }
+    if cuda:
+        import torch
+
+        info["cuda_available"] = torch.cuda.is_available()
     if as_json:
         print_json(info)
     else:

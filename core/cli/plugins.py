@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from m3fm import __version__
 from m3fm.cli.app import PathArg, cli, err_console, print_json, table
 from m3fm.registry import KINDS, PLUGIN_API_VERSION, UnknownNameError, get_registry
+
+if TYPE_CHECKING:
+    from m3fm.plugin_checks import Verdicts
 
 
 @cli.group()
@@ -23,38 +26,34 @@ PROBLEM_CHARS = 300
 """A failed check's problem is cut to this length in `plugins list`: one readable status."""
 
 
-def _plugin_rows(check: bool = True) -> list[dict[str, str]]:
+def _plugin_rows(verdicts: Verdicts | None) -> list[dict[str, str]]:
     """One row per provided name, then one per plugin that failed to load.
 
-    With `check`, each modality and language runs the conformance kit on the inputs it ships;
-    the first failing check makes its status ``incompatible: <check>: <problem>``.
+    With the conformance kit's `verdicts`, a modality or language failing a check has the
+    status ``incompatible: <check>: <problem>``.
     """
-    from m3fm.registry.testing import first_failure
-
     registry = get_registry()
     rows = []
-    waiting = (err_console.status("Running the conformance kit on each plugin…")
-               if check and err_console.is_terminal else contextlib.nullcontext())
-    with tempfile.TemporaryDirectory(prefix="m3fm-conformance-") as scratch, waiting:
-        for provided in registry.all_provided():
-            others = [
-                p.plugin.name for p in registry.providers(provided.kind, provided.name)
-                if p.plugin is not provided.plugin
-            ]
-            status = f"conflict with {', '.join(others)}" if others else "ok"
-            failure = first_failure(provided.kind, provided.spec, Path(scratch)) if check else None
-            if failure is not None:
-                problem = failure.problem
-                if len(problem) > PROBLEM_CHARS:
-                    problem = problem[:PROBLEM_CHARS - 1] + "…"
-                status = f"incompatible: {failure.check}: {problem}"
-            rows.append({
-                "name": provided.name,
-                "kind": provided.kind,
-                "plugin": provided.plugin.name,
-                "source": provided.plugin.source,
-                "status": status,
-            })
+    for provided in registry.all_provided():
+        others = [
+            p.plugin.name for p in registry.providers(provided.kind, provided.name)
+            if p.plugin is not provided.plugin
+        ]
+        status = f"conflict with {', '.join(others)}" if others else "ok"
+        failure = (verdicts.failure(provided.kind, provided.name, provided.plugin.name)
+                   if verdicts is not None else None)
+        if failure is not None:
+            check, problem = failure
+            if len(problem) > PROBLEM_CHARS:
+                problem = problem[:PROBLEM_CHARS - 1] + "…"
+            status = f"incompatible: {check}: {problem}"
+        rows.append({
+            "name": provided.name,
+            "kind": provided.kind,
+            "plugin": provided.plugin.name,
+            "source": provided.plugin.source,
+            "status": status,
+        })
     for info in registry.plugins.values():
         if info.status != "ok":
             rows.append({
@@ -66,20 +65,27 @@ def _plugin_rows(check: bool = True) -> list[dict[str, str]]:
 
 @plugins.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--check", "force_check", is_flag=True,
+              help="Run the conformance kit even when its cached verdicts still apply.")
 @click.option("--no-check", is_flag=True,
-              help="Skip the conformance kit: faster, but a plugin that loads yet breaks the "
-              "contract is listed as ok.")
-def plugins_list(as_json: bool, no_check: bool) -> None:
+              help="Skip the conformance kit: a plugin that loads yet breaks the contract is "
+              "then listed as ok.")
+def plugins_list(as_json: bool, force_check: bool, no_check: bool) -> None:
     """List every modality, language and dataset format, with the plugin that provides it.
 
     Plugins that failed to load or need another plugin-API version are listed with the reason.
-    Each modality and language also runs the conformance kit on the samples it ships (a
-    language without sample reports on its own prompts, a modality without sample files on
-    what needs no file); one that fails is listed as ``incompatible: <check>: <problem>``.
-    Labels a language has no prompts for (it falls back to English ones) and functions named
-    like a misspelt hook (``m3fm_language``) are warnings on stderr.
+    Each modality and language is also put through the conformance kit on the samples it ships
+    (a language without sample reports on its own prompts, a modality without sample files on
+    what needs no file); one that fails is listed as ``incompatible: <check>: <problem>``.  The
+    kit's verdicts are cached in the user's cache folder and reused until an installed plugin
+    or m3fm changes (`--check` runs it anyway).  Labels a language has no prompts for (it
+    falls back to English ones) and functions named like a misspelt hook (``m3fm_language``)
+    are warnings on stderr.
     """
-    rows = _plugin_rows(check=not no_check)
+    if force_check and no_check:
+        raise click.UsageError("--check and --no-check exclude each other")
+    found = None if no_check else _verdicts(force_check)
+    rows = _plugin_rows(found)
     if as_json:
         print_json(rows)
     else:
@@ -88,25 +94,29 @@ def plugins_list(as_json: bool, no_check: bool) -> None:
             ["name", "kind", "plugin", "source", "status"],
             [list(row.values()) for row in rows],
         )
-    for warning in _warnings(check=not no_check):
+    for warning in _warnings(found):
         click.echo(f"m3fm: warning: {warning}", err=True)
 
 
-def _warnings(check: bool) -> list[str]:
-    """What loaded but looks wrong: functions named like a misspelt hook; with `check`, also
-    labels that a language has no prompts of its own for (diagnosis there falls back to the
-    anchor language's), or, as one line, why the labels cannot all be prompted."""
-    from m3fm.registry.testing import ConformanceError, label_coverage
+def _verdicts(force: bool) -> Verdicts:
+    """The kit's verdicts, cached or fresh; a spinner on a terminal while the kit runs."""
+    from m3fm.plugin_checks import verdicts
 
+    waiting = (err_console.status("Running the conformance kit on each plugin…")
+               if err_console.is_terminal else contextlib.nullcontext())
+    with waiting:
+        return verdicts(get_registry(), force=force)
+
+
+def _warnings(verdicts: Verdicts | None) -> list[str]:
+    """What loaded but looks wrong: functions named like a misspelt hook; with the kit's
+    `verdicts`, also labels that a language has no prompts of its own for (diagnosis there
+    falls back to the anchor language's), or, as one line, why the labels cannot all be
+    prompted."""
     registry = get_registry()
     found = [f"{info.owner}: {warning}" for info in registry.plugins.values()
              for warning in info.warnings]
-    if check:
-        try:
-            found += label_coverage()
-        except ConformanceError as error:
-            found.append(str(error))
-    return found
+    return found + (verdicts.label_warnings if verdicts is not None else [])
 
 
 def _describe(kind: str, spec: object) -> dict[str, object]:
