@@ -6,6 +6,10 @@ modality and gets back either a tensor it can trust or a one-line :class:`InputE
 the file.  The names in ``__all__`` belong to the plugin SDK (see the Plugin SDK reference):
 third-party modality plugins use them as the built-in ``cxr`` and ``ct`` plugins do.
 :func:`preprocess` stays importable for the engine and applications, outside that promise.
+
+MONAI, timm and torchvision are imported where they are needed, not here: importing MONAI
+takes seconds and hundreds of megabytes, which `m3fm run` on a PNG need not pay (pictures are
+read by :func:`read_picture` with PIL, and fitted and standardised with torch alone).
 """
 
 from __future__ import annotations
@@ -15,21 +19,16 @@ import functools
 import logging
 import stat
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pydicom
-import timm
 import torch
-from monai.data import ImageReader, MetaTensor, NibabelReader, PydicomReader
-from monai.transforms import LoadImage, NormalizeIntensity, SpatialPad, Transform
-from monai.utils import convert_to_tensor
 from PIL import ImageOps
 from torch import nn
-from torchvision.ops import roi_align
 
 from m3fm.filetypes import DICOM_SUFFIXES, DISPLAY_IMAGE_SUFFIXES, NIFTI_SUFFIXES
 from m3fm.image_headers import (
@@ -49,6 +48,10 @@ from m3fm.registry import (
     get_registry,
 )
 
+if TYPE_CHECKING:
+    from monai.data import ImageReader, MetaTensor
+    from monai.transforms import LoadImage
+
 __all__ = [
     "BACKBONE_MEAN",
     "BACKBONE_STD",
@@ -57,6 +60,7 @@ __all__ = [
     "SlicePooledEncoder",
     "random_crop",
     "read_image",
+    "read_picture",
     "scale_to_unit_",
     "standardize",
     "timm_encoder",
@@ -113,14 +117,16 @@ def read_image(path: str | Path) -> MetaTensor:
     over the memory budget (:func:`max_input_mb`), a 4D image, a folder holding several DICOM
     series or a multi-page TIFF.  Library warnings are logged as m3fm warnings naming the file.
     """
+    from monai.data import MetaTensor
+
     path = Path(path)
     with _library_messages_logged(path):
-        checked = _checked.get()
-        header = checked[1] if checked and checked[0] == path else read_header(path)
-        if header is not None:
-            check_size(header, max_input_mb())
-        if path.name.lower().endswith(DISPLAY_IMAGE_SUFFIXES) and not path.is_dir():
-            return _read_picture(path)
+        header = _checked_header(path)
+        if _is_picture(path):
+            grey_levels, bits = _read_picture(path)
+            return MetaTensor(grey_levels, meta={"filename_or_obj": str(path),
+                                                 "picture_bits": bits,
+                                                 "spatial_shape": tuple(grey_levels.shape[1:])})
         reader = _reader_for(path, colour=header is not None and header.colour)
         image = _one_grey_channel(_loader()(str(path), reader=reader))
     if image.ndim == 4:
@@ -129,6 +135,38 @@ def read_image(path: str | Path) -> MetaTensor:
         low, high = image.min().item(), image.max().item()
         image.neg_().add_(low + high)  # in place: the input may be large
     return image
+
+
+def read_picture(path: str | Path) -> tuple[torch.Tensor, int]:
+    """Read a picture (PNG, JPEG, TIFF, ...) as its grey levels and their bit depth, without MONAI.
+
+    The same pixels as :func:`read_image` gives for a picture, ``(1, rows, columns)`` float32,
+    with the same checks (memory budget, multi-page TIFF) and colour, EXIF and bit-depth
+    handling, and its ``meta["picture_bits"]`` (8, 16 or 32) returned beside it.  A plain tensor
+    rather than a MetaTensor: a picture has no geometry, and importing MONAI for it would cost
+    `m3fm run` seconds at start-up.  A path that is not a picture is a ValueError.
+    """
+    path = Path(path)
+    if not _is_picture(path):
+        raise ValueError(f"read_picture reads {', '.join(DISPLAY_IMAGE_SUFFIXES)} files, not "
+                         f"{path.name!r}; read_image reads the others")
+    with _library_messages_logged(path):
+        _checked_header(path)
+        return _read_picture(path)
+
+
+def _is_picture(path: Path) -> bool:
+    return path.name.lower().endswith(DISPLAY_IMAGE_SUFFIXES) and not path.is_dir()
+
+
+def _checked_header(path: Path) -> Header | None:
+    """The input's header (read once when :func:`preprocess` has read it), checked against the
+    memory budget."""
+    checked = _checked.get()
+    header = checked[1] if checked and checked[0] == path else read_header(path)
+    if header is not None:
+        check_size(header, max_input_mb())
+    return header
 
 
 def _check_geometry(affine: torch.Tensor) -> None:
@@ -140,8 +178,8 @@ def _check_geometry(affine: torch.Tensor) -> None:
                        "zero or two axes coincide")
 
 
-def _read_picture(path: Path) -> MetaTensor:
-    """Decode a picture (its size is already checked) into grey levels.
+def _read_picture(path: Path) -> tuple[torch.Tensor, int]:
+    """Decode a picture (its size is already checked) into grey levels and their bit depth.
 
     8-bit modes (1, L, LA, P, RGB, RGBA, CMYK, ...) become ITU-R 601 luma in 0..255; 16-bit,
     32-bit integer and float modes keep their stored values, which a conversion to 8 bits
@@ -163,8 +201,7 @@ def _read_picture(path: Path) -> MetaTensor:
         for top in range(0, height, step):
             grey_levels[0, top : top + step] = grey.crop((0, top, width, min(top + step, height)))
         grey.close()
-    return MetaTensor(torch.from_numpy(grey_levels), meta={
-        "filename_or_obj": str(path), "picture_bits": bits, "spatial_shape": (height, width)})
+    return torch.from_numpy(grey_levels), bits
 
 
 def _one_grey_channel(image: MetaTensor) -> MetaTensor:
@@ -179,6 +216,8 @@ def _one_grey_channel(image: MetaTensor) -> MetaTensor:
 
 @functools.cache
 def _loader() -> LoadImage:
+    from monai.transforms import LoadImage
+
     # Built once: LoadImage instantiates every MONAI reader, and the one for NVIDIA's GPU DICOM
     # codec warns when that optional codec is missing; m3fm does not use it, so that is hushed.
     # The reader is passed on each call instead, so that its own error (e.g. "image file is
@@ -194,40 +233,48 @@ def _loader() -> LoadImage:
 
 
 def _reader_for(path: Path, colour: bool = False) -> ImageReader:
+    from monai.data import NibabelReader
+
     name = path.name.lower()
     if path.is_dir() or name.endswith(DICOM_SUFFIXES):
         # swap_ij=False keeps DICOM rows as the first axis, like PIL; the full metadata keeps
         # PhotometricInterpretation; fname_regex=None reads only files that are DICOM.  Colour
         # samples come last in pydicom's array, and MONAI would take them for a spatial axis.
-        return _FloatPydicomReader(swap_ij=False, prune_metadata=False, fname_regex=None,
-                                   channel_dim=-1 if colour else None, defer_size="64 KB")
+        return _float_pydicom_reader()(swap_ij=False, prune_metadata=False, fname_regex=None,
+                                       channel_dim=-1 if colour else None, defer_size="64 KB")
     if name.endswith(NIFTI_SUFFIXES):
         return NibabelReader()
     readable = ", ".join(DISPLAY_IMAGE_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES)
     raise ValueError(f"read_image reads {readable} files and DICOM folders, not {path.name!r}")
 
 
-class _FloatPydicomReader(PydicomReader):
-    """MONAI's DICOM reader, holding each file's pixels once, as float32.
+@functools.cache
+def _float_pydicom_reader() -> type[ImageReader]:
+    """MONAI's DICOM reader, holding each file's pixels once, as float32 (a class made on first
+    use, so that MONAI is imported only when a DICOM file is read).
 
     MONAI keeps every file's pixel bytes and pydicom's decoded copy until a whole series is
     stacked, and rescales through two float32 temporaries; this drops the bytes as soon as
     they are decoded and rescales in place (same values), which roughly halves the memory a
     large file or a long series takes on its way in.
     """
+    from monai.data import PydicomReader
 
-    def _get_array_data(self, img: pydicom.Dataset, filename: str) -> np.ndarray:
-        decoded = img.pixel_array
-        for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-            if keyword in img:  # deleting it also drops pydicom's cached copy
-                delattr(img, keyword)
-        data = decoded.astype(np.float32)
-        del decoded
-        if "RescaleSlope" in img:
-            data *= float(img.RescaleSlope)
-        if "RescaleIntercept" in img:
-            data += float(img.RescaleIntercept)
-        return data
+    class FloatPydicomReader(PydicomReader):
+        def _get_array_data(self, img, filename: str) -> np.ndarray:
+            decoded = img.pixel_array
+            for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+                if keyword in img:  # deleting it also drops pydicom's cached copy
+                    delattr(img, keyword)
+            data = decoded.astype(np.float32)
+            del decoded
+            if "RescaleSlope" in img:
+                data *= float(img.RescaleSlope)
+            if "RescaleIntercept" in img:
+                data += float(img.RescaleIntercept)
+            return data
+
+    return FloatPydicomReader
 
 
 def _photometric_interpretation(image: MetaTensor) -> str | None:
@@ -235,31 +282,36 @@ def _photometric_interpretation(image: MetaTensor) -> str | None:
     return tag["Value"][0] if tag and tag.get("Value") else None
 
 
-class FitToSquare(Transform):
+class FitToSquare:
     """Resize the in-plane (last two) axes so the longer one is `size`, then pad to a square.
 
     Keeping the aspect ratio keeps anatomy in proportion.  The resize is torch's anti-aliased
     bilinear one (MONAI's Resize smooths with zero padding, which darkens the border).  The
     padding takes the image's darkest value, its background, so it adds no edge and a blank
-    image stays blank for :func:`preprocess` to reject.  A volume's slice axis is left alone.
+    image stays blank for :func:`preprocess` to reject; it is split as MONAI's SpatialPad
+    splits it (the odd pixel at the end).  A volume's slice axis is left alone.  A plain
+    callable, usable in a MONAI Compose, written with torch alone so that a picture is
+    prepared without importing MONAI.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._pad = SpatialPad((size, size), mode="constant")
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """The image resized and padded to (..., size, size), as a plain tensor."""
-        image = convert_to_tensor(image, track_meta=False)
+        image = torch.as_tensor(image).as_subclass(torch.Tensor)
         *leading, height, width = image.shape
         scale = self.size / max(height, width)
         target = (max(1, round(height * scale)), max(1, round(width * scale)))
         planes = image.reshape(1, -1, height, width)  # channels and slices side by side
         planes = nn.functional.interpolate(
             planes, size=target, mode="bilinear", antialias=True, align_corners=False
-        )[0]
-        planes = self._pad(planes, value=float(planes.min()))
-        return convert_to_tensor(planes, track_meta=False).reshape(*leading, self.size, self.size)
+        )
+        rows, columns = self.size - target[0], self.size - target[1]
+        planes = nn.functional.pad(
+            planes, (columns // 2, columns - columns // 2, rows // 2, rows - rows // 2),
+            value=float(planes.min()))
+        return planes.reshape(*leading, self.size, self.size)
 
 
 def scale_to_unit_(image: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -289,18 +341,27 @@ def random_crop(image: torch.Tensor, generator: torch.Generator,
     x0 = torch.rand(1, generator=generator) * (width - side)
     y0 = torch.rand(1, generator=generator) * (height - side)
     box = torch.cat([torch.zeros(1), x0, y0, x0 + side, y0 + side]).unsqueeze(0)
+    from torchvision.ops import roi_align
+
     planes = image.reshape(1, -1, height, width)  # every channel and slice: one crop
     cropped = roi_align(planes, box.to(image.dtype), output_size=(height, width), aligned=True)
     return cropped.reshape(image.shape)
 
 
-def standardize() -> NormalizeIntensity:
+class _Standardize:
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return (image - BACKBONE_MEAN) / BACKBONE_STD
+
+
+def standardize() -> Callable[[torch.Tensor], torch.Tensor]:
     """Scale [0, 1] intensities to the statistics ImageNet-pretrained backbones expect.
 
     timm adapts a pretrained RGB stem to one channel by summing its filters, so a grey input
     standardised with ImageNet's grey mean and deviation matches what the weights were fit to.
+    A callable (usable in a MONAI Compose) computing what MONAI's
+    ``NormalizeIntensity(subtrahend=BACKBONE_MEAN, divisor=BACKBONE_STD)`` does, in torch alone.
     """
-    return NormalizeIntensity(subtrahend=BACKBONE_MEAN, divisor=BACKBONE_STD)
+    return _Standardize()
 
 
 def preprocess(spec: ModalitySpec, path: str | Path) -> torch.Tensor:
@@ -482,6 +543,8 @@ def timm_encoder(options: EncoderOptions, *, default_backbone: str, in_chans: in
     handed to timm's loader as a state dict, so nothing is downloaded; without one, timm fetches
     the weights from the Hugging Face hub.
     """
+    import timm
+
     name = options.backbone or default_backbone
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)

@@ -133,21 +133,24 @@ def ct_spec(
     """
 
     @functools.cache
-    def pipelines() -> tuple[Compose, Compose]:
-        """(resampled volume, scaled slice) transforms, built on the first load."""
+    def volume_pipeline() -> Compose:
+        """The windowing, slice resampling, fit and standardisation of a resampled volume,
+        built on the first volume (MONAI is imported then, not for a slice)."""
         from monai.transforms import Compose, Resize
 
         from m3fm.imaging import FitToSquare, standardize
 
-        fit_and_standardize = [FitToSquare(image_size), standardize()]
-        volume = Compose(
-            [
-                hu_window(*window),
-                Resize(spatial_size=(depth, -1, -1), mode="trilinear"),  # slice axis only
-                *fit_and_standardize,
-            ]
-        )
-        return volume, Compose(fit_and_standardize)
+        return Compose([
+            hu_window(*window),
+            Resize(spatial_size=(depth, -1, -1), mode="trilinear"),  # slice axis only
+            FitToSquare(image_size),
+            standardize(),
+        ])
+
+    def fit_slice(image: torch.Tensor) -> torch.Tensor:
+        from m3fm.imaging import FitToSquare, standardize
+
+        return standardize()(FitToSquare(image_size)(image))
 
     def orient_and_resample(volume: MetaTensor) -> MetaTensor:
         """Turn to VOLUME_AXES and resample to `spacing_mm`, coarser where the grid would exceed
@@ -184,28 +187,30 @@ def ct_spec(
             volume, dst_affine=planned.peek_pending_affine(),
             spatial_size=planned.peek_pending_shape())
 
-    def slice_range(image: MetaTensor, path: Path) -> tuple[float, float]:
-        """The values a slice's 0 and 1 come from: the HU window for DICOM, and for display
-        pictures DISPLAY_RANGE (8-bit) or the picture's own range (more bits)."""
-        if not is_display_image(path.name):
-            level, width = window
-            return level - width / 2, level + width / 2
-        if image.meta.get("picture_bits", 8) > 8:
-            return image.min().item(), image.max().item()
-        return DISPLAY_RANGE
+    def load_picture(path: Path) -> torch.Tensor:
+        """A display picture's grey levels scaled from DISPLAY_RANGE (8-bit) or the picture's
+        own range (more bits) to [0, 1], fitted and standardised."""
+        from m3fm.imaging import read_picture, scale_to_unit_
+
+        image, bits = read_picture(path)
+        low, high = (image.min().item(), image.max().item()) if bits > 8 else DISPLAY_RANGE
+        return fit_slice(scale_to_unit_(image, low, high))
 
     def load_ct(path: Path) -> torch.Tensor:
-        """A slice becomes (1, size, size), a volume (1, depth, size, size), by spatial rank."""
+        """A slice becomes (1, size, size), a volume (1, depth, size, size), by spatial rank;
+        a DICOM slice or volume is windowed to `window` (HU)."""
         from m3fm.imaging import read_image, scale_to_unit_
 
-        volume, fit = pipelines()
+        if is_display_image(path.name) and not path.is_dir():
+            return load_picture(path)
         image = read_image(path)
         if image.ndim == 4:
             resampled = orient_and_resample(image)
             del image  # only the resampled volume is needed from here on
-            return volume(resampled)
+            return volume_pipeline()(resampled)
         if image.ndim == 3:
-            return fit(scale_to_unit_(image, *slice_range(image, path)))
+            level, width = window
+            return fit_slice(scale_to_unit_(image, level - width / 2, level + width / 2))
         raise ValueError(
             f"expected a 2D slice or a 3D volume, got an array of shape {tuple(image.shape[1:])}"
         )

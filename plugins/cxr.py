@@ -6,18 +6,16 @@ A built-in plugin that uses only the public API (``m3fm.registry``, ``m3fm.filet
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from m3fm.filetypes import DICOM_SUFFIXES, DISPLAY_IMAGE_SUFFIXES
+from m3fm.filetypes import DICOM_SUFFIXES, DISPLAY_IMAGE_SUFFIXES, is_display_image
 from m3fm.registry import EncoderOptions, LabelPrompts, LabelSpec, ModalitySpec, hookimpl
 
 # MONAI, timm and torch are imported where they are first needed, not here: discovery imports
 # every plugin, and importing MONAI alone takes seconds that `m3fm plugins list` should not pay.
 if TYPE_CHECKING:
     import torch
-    from monai.transforms import Compose
     from torch import nn
 
 IMAGE_SIZE = 224
@@ -130,14 +128,11 @@ SAMPLE_FILES = (Path(__file__).with_name("samples") / "cxr.png",)
 """A tiny synthetic radiograph (a drawn phantom, no patient's), shipped as package data for the
 conformance kit that `m3fm plugins list` runs."""
 
-@functools.cache
-def _to_model_input() -> Compose:
-    """Aspect-preserving fit and standardisation, built on the first load."""
-    from monai.transforms import Compose
-
+def _to_model_input(image: torch.Tensor) -> torch.Tensor:
+    """Aspect-preserving fit and standardisation."""
     from m3fm.imaging import FitToSquare, standardize
 
-    return Compose([FitToSquare(IMAGE_SIZE), standardize()])
+    return standardize()(FitToSquare(IMAGE_SIZE)(image))
 
 
 def load_cxr(path: Path) -> torch.Tensor:
@@ -147,14 +142,17 @@ def load_cxr(path: Path) -> torch.Tensor:
     """
     import numpy as np
 
-    from m3fm.imaging import read_image, scale_to_unit_
+    from m3fm.imaging import read_image, read_picture, scale_to_unit_
 
-    image = read_image(path)
+    if is_display_image(path.name) and not path.is_dir():
+        image, _ = read_picture(path)  # no MONAI for a picture
+    else:
+        image = read_image(path).as_tensor()
     if image.ndim != 3:
         shape = tuple(image.shape[1:])
         raise ValueError(f"a chest X-ray is one 2D image; this file holds a {shape} array")
-    low, high = np.percentile(image.as_tensor().numpy(), INTENSITY_PERCENTILES)
-    return _to_model_input()(scale_to_unit_(image, float(low), float(high)))
+    low, high = np.percentile(image.numpy(), INTENSITY_PERCENTILES)
+    return _to_model_input(scale_to_unit_(image, float(low), float(high)))
 
 
 def augment_cxr(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

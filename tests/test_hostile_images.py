@@ -142,7 +142,7 @@ def test_one_series_folder_still_reads(ct, tmp_path):
 
 
 def test_plugin_api_version_and_declared_dicom_modalities(ct, cxr):
-    assert PLUGIN_API_VERSION == "1.6"
+    assert PLUGIN_API_VERSION == "1.7"
     assert ct.dicom_modalities == ("CT",) and cxr.dicom_modalities == ("CR", "DX")
     assert any_modality_spec().dicom_modalities == ()
 

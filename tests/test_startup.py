@@ -1,0 +1,163 @@
+"""Start-up: what the CLI's quick verbs and a picture's path through `m3fm run` import, and the
+cached conformance verdicts of `m3fm plugins list`.  Times are measured by
+``python -m m3fm.benchmarks.startup``, never asserted here; what is asserted is the cause of
+the speed (a module not imported, a kit not run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from PIL import Image
+
+import m3fm.plugin_checks as plugin_checks
+from m3fm.imaging import FitToSquare, read_image, read_picture, standardize
+from m3fm.registry import get_registry
+
+
+def _fresh_python(code: str) -> str:
+    """Run `code` in a fresh interpreter; its stdout."""
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                            capture_output=True, text=True, env=os.environ.copy())
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_version_and_help_do_not_import_torch():
+    out = _fresh_python("""
+        import sys
+        from m3fm.cli import main
+        for args in (["--help"], ["version", "--json"]):
+            try:
+                main(args)
+            except SystemExit:
+                pass
+        print("torch" in sys.modules)
+    """)
+    assert out.strip().splitlines()[-1] == "False"
+
+
+def test_a_picture_is_read_without_monai(tmp_path):
+    """MONAI is imported for DICOM and volumes only; the run path of a PNG never needs it."""
+    picture = tmp_path / "slice.png"
+    Image.fromarray((np.arange(64 * 48).reshape(64, 48) % 251).astype(np.uint8)).save(picture)
+    out = _fresh_python(f"""
+        import sys
+        import m3fm.analysis, m3fm.generation.reporting
+        from m3fm.imaging import preprocess
+        from m3fm.registry import get_registry
+        for modality in ("ct", "cxr"):
+            preprocess(get_registry().modality(modality), {str(picture)!r})
+        print(sorted(name for name in sys.modules if name.split(".")[0] == "monai"))
+    """)
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("mode, bits", [("L", 8), ("RGB", 8), ("I;16", 16)])
+def test_read_picture_gives_read_images_pixels_and_bit_depth(tmp_path, mode, bits):
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        picture = Image.fromarray((rng.random((30, 41)) * 60000).astype(np.uint16))
+    else:
+        picture = Image.fromarray((rng.random((30, 41, 3)) * 255).astype(np.uint8)).convert(mode)
+    path = tmp_path / "picture.png"
+    picture.save(path)
+    grey, read_bits = read_picture(path)
+    via_monai = read_image(path)
+    assert type(grey) is torch.Tensor and grey.dtype == torch.float32
+    assert torch.equal(grey, via_monai.as_tensor()) and read_bits == bits
+    assert via_monai.meta["picture_bits"] == bits
+
+
+def test_read_picture_refuses_what_is_not_a_picture(tmp_path):
+    with pytest.raises(ValueError, match="read_image reads the others"):
+        read_picture(tmp_path / "scan.nii.gz")
+
+
+@pytest.mark.parametrize("shape", [(1, 50, 101), (1, 101, 50), (1, 3, 33, 20), (1, 64, 64)])
+def test_fit_and_standardize_match_monais_transforms(shape):
+    """The torch-only transforms compute what MONAI's SpatialPad and NormalizeIntensity did,
+    so that models trained before keep seeing the same pixels."""
+    from monai.transforms import NormalizeIntensity, SpatialPad
+
+    image = torch.rand(shape)
+    *leading, height, width = shape
+    scale = 24 / max(height, width)
+    resized = torch.nn.functional.interpolate(
+        image.reshape(1, -1, height, width),
+        size=(max(1, round(height * scale)), max(1, round(width * scale))),
+        mode="bilinear", antialias=True, align_corners=False)[0]
+    padded = SpatialPad((24, 24), mode="constant")(resized, value=float(resized.min()))
+    expected = padded.as_tensor().reshape(*leading, 24, 24)
+    assert torch.equal(FitToSquare(24)(image), expected)
+    normalise = NormalizeIntensity(subtrahend=0.449, divisor=0.226)
+    assert torch.equal(standardize()(expected), normalise(expected).as_tensor())
+
+
+def _kit_runs(monkeypatch) -> list[int]:
+    """A counter of conformance-kit runs by `plugins list`."""
+    runs = []
+    real = plugin_checks._run_kit
+
+    def counted(registry):
+        runs.append(1)
+        return real(registry)
+
+    monkeypatch.setattr(plugin_checks, "_run_kit", counted)
+    return runs
+
+
+def test_plugins_list_reuses_the_kits_verdicts_until_a_plugin_changes(capsys, monkeypatch,
+                                                                       tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    runs = _kit_runs(monkeypatch)
+    first = run_cli(capsys, "plugins", "list", "--json")
+    second = run_cli(capsys, "plugins", "list", "--json")
+    assert first == second and first[0] == 0 and len(runs) == 1
+    assert run_cli(capsys, "plugins", "list", "--json", "--check") == first and len(runs) == 2
+    # a plugin's file changes (an upgrade, an edit in a source checkout): the kit runs again
+    sample = get_registry().modality("ct").sample_files[0]
+    stat = sample.stat()
+    try:
+        os.utime(sample, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        assert run_cli(capsys, "plugins", "list", "--json") == first and len(runs) == 3
+    finally:
+        os.utime(sample, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_new_plugin_is_checked_not_taken_from_the_cache(capsys, monkeypatch, tmp_path):
+    from m3fm.registry import hookimpl
+
+    class Misfit:
+        @hookimpl
+        def m3fm_languages(self):
+            english = get_registry().language("en")
+            return [english.model_copy(update={"code": "xw", "normalize": lambda t: t + "!"})]
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    run_cli(capsys, "plugins", "list", "--json")
+    get_registry().add_plugin(Misfit(), "misfit")
+    code, out, _ = run_cli(capsys, "plugins", "list", "--json")
+    [row] = [row for row in json.loads(out) if row["name"] == "xw"]
+    assert code == 0 and row["status"].startswith("incompatible: normalize is idempotent")
+
+
+def test_an_unwritable_cache_only_means_the_kit_runs_each_time(capsys, monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    runs = _kit_runs(monkeypatch)
+    assert run_cli(capsys, "plugins", "list")[0] == 0
+    assert run_cli(capsys, "plugins", "list")[0] == 0 and len(runs) == 2
+
+
+def test_check_and_no_check_exclude_each_other(capsys):
+    code, _, err = run_cli(capsys, "plugins", "list", "--check", "--no-check")
+    assert code == 2 and "exclude each other" in err
