@@ -8,18 +8,19 @@ worker processes with ``workers``), so memory holds about one batch whatever the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from m3fm.data.streaming import preprocessed
-from m3fm.diagnosis.validation import Validation
+from m3fm.diagnosis.validation import Validation, read_validation
 from m3fm.diagnosis.zeroshot import PromptClassifier, as_mapping, combine, resolve_labels
 from m3fm.embedding import Embedder
 from m3fm.generation.config import DecodeConfig
 from m3fm.generation.reporting import ReportModel
+from m3fm.models import default_model_dir
 from m3fm.registry import M3fmError, ModalitySpec, UsageError, get_registry
 
 
@@ -36,6 +37,28 @@ class Analysis:
     labels: tuple[str, ...] = ()
     diagnosis_from: str = "image"
     validation: Validation | None = None
+
+
+def requested_analysis(
+    modality: str, lang: str, labels: Sequence[str] | None = None, *, report: bool = True,
+    diagnosis: bool = True, diagnosis_from: str = "image", model_dir: Path | None = None,
+) -> Analysis:
+    """The Analysis a user asked for by name (`labels` None: every label of the modality),
+    checked against the installed plugins before a model loads or an input is read, so that
+    an unknown modality, language or label is one UsageError naming the known ones.  The
+    validation figures are those `model_dir` (None: the bundled model) ships."""
+    registry = get_registry()
+    registry.modality(modality)
+    registry.language(lang)
+    chosen = resolve_labels(modality, labels) if diagnosis else ()
+    return Analysis(modality, lang, report=report, labels=tuple(chosen),
+                    diagnosis_from=diagnosis_from,
+                    validation=read_validation(model_dir or default_model_dir()))
+
+
+def split_labels(labels: str | None) -> list[str] | None:
+    """Labels given as ``a,b`` (``--labels``, a form field); None when not given."""
+    return None if labels is None else [label.strip() for label in labels.split(",") if label]
 
 
 def analyse_inputs(

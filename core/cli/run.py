@@ -67,20 +67,17 @@ def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
     is 1 only when no input could be processed. Under torchrun each rank takes its share of
     the inputs, and rank 0 merges the ranks' results into --out in input order.
     """
-    from m3fm.analysis import Analysis, analyse_inputs
+    from m3fm.analysis import analyse_inputs, requested_analysis, split_labels
     from m3fm.batch_jobs import ResultsJob, Shard, joined
-    from m3fm.diagnosis.zeroshot import resolve_labels
     from m3fm.inputs import iter_inputs
     from m3fm.progress import track
 
     if no_report and no_diagnosis:
         raise UsageError("--no-report with --no-diagnosis leaves nothing to do")
-    registry = get_registry()
-    spec = registry.modality(modality)
-    registry.language(language)
-    chosen = () if no_diagnosis else resolve_labels(modality, _split_labels(labels))
-    analysis = Analysis(modality, language, report=not no_report, labels=chosen,
-                        diagnosis_from=diagnosis_from, validation=_validation(checkpoint))
+    analysis = requested_analysis(modality, language, split_labels(labels),
+                                  report=not no_report, diagnosis=not no_diagnosis,
+                                  diagnosis_from=diagnosis_from, model_dir=checkpoint)
+    spec = get_registry().modality(modality)
     shard = Shard.from_env()
     # --out is checked and locked before the model loads: a bad path fails in a second
     with joined(shard), ResultsJob(out, resume, shard) as job:
@@ -105,18 +102,6 @@ def _checked(workers: int) -> int:
     from m3fm.data.streaming import check_workers
 
     return check_workers(workers)
-
-
-def _validation(checkpoint: Path | None):
-    """The diagnosis figures the model (the bundled one when None) ships, if any."""
-    from m3fm.diagnosis.validation import read_validation
-    from m3fm.models import default_model_dir
-
-    return read_validation(checkpoint if checkpoint is not None else default_model_dir())
-
-
-def _split_labels(labels: str | None) -> list[str] | None:
-    return None if labels is None else [label.strip() for label in labels.split(",") if label]
 
 
 def _as_text(result: dict) -> str:
