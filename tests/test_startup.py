@@ -161,3 +161,23 @@ def test_an_unwritable_cache_only_means_the_kit_runs_each_time(capsys, monkeypat
 def test_check_and_no_check_exclude_each_other(capsys):
     code, _, err = run_cli(capsys, "plugins", "list", "--check", "--no-check")
     assert code == 2 and "exclude each other" in err
+
+
+def test_measure_reports_wall_time_and_peak_memory_of_a_fresh_process():
+    from m3fm.benchmarks.startup import measure
+
+    figures = measure([sys.executable, "-c", "bytearray(50_000_000)"], 1, os.environ.copy())
+    assert figures["wall_s"] > 0 and figures["peak_rss_mb"] > 45
+
+
+@pytest.mark.slow
+def test_the_startup_benchmark_prints_every_figure_and_the_breakdown():
+    result = subprocess.run([sys.executable, "-m", "m3fm.benchmarks.startup", "--repeats", "1",
+                             "--json"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert {"m3fm --help", "m3fm version", "m3fm plugins list", "m3fm run (PNG)"} <= set(
+        figures["figures"])
+    assert figures["figures"]["m3fm plugins list"]["speed-up"] > 0
+    assert list(figures["run_breakdown_s"]) == ["imports", "model load", "preprocess",
+                                                "encode", "decode"]
