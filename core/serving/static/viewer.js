@@ -30,83 +30,24 @@
 
   // --- v1/plugins ---------------------------------------------------------------------------
 
-  // The value of an entry: a language by its code ("en"), anything else by its name or id.
-  const nameOf = (item) =>
-    typeof item === "string" ? item : (item && (item.code || item.name || item.id)) || "";
-
-  // What an option shows: "English (en)" when the entry has a display name besides its code.
-  function shownName(item) {
-    const value = nameOf(item);
-    return item && item.code && item.name && item.name !== item.code
-      ? `${item.name} (${item.code})`
-      : value;
-  }
-
-  function labelNames(value) {
-    if (!value) return [];
-    if (Array.isArray(value)) return value.map(nameOf).filter(Boolean);
-    if (typeof value === "object") return Object.keys(value);
-    return [];
-  }
-
-  // Entries of one kind, given as a list of names/objects or an object keyed by name.
-  function entries(value) {
-    if (!value) return [];
-    if (Array.isArray(value)) {
-      return value.map((item) => (typeof item === "string" ? { name: item } : item || {}));
-    }
-    if (typeof value === "object") {
-      return Object.entries(value).map(([name, info]) =>
-        Array.isArray(info) ? { name, labels: info } : { name, ...(info || {}) });
-    }
-    return [];
-  }
-
-  // The shape of v1/plugins is read loosely: a list like `m3fm plugins list --json` prints
-  // (entries with a "kind"), or an object with "modalities" / "languages" (and "labels").
-  function readPlugins(data) {
-    let modalities = [];
-    let languages = [];
-    if (Array.isArray(data)) {
-      modalities = data.filter((e) => e && e.kind === "modality");
-      languages = data.filter((e) => e && e.kind === "language");
-    } else if (data && typeof data === "object") {
-      modalities = entries(data.modalities || data.modality);
-      languages = entries(data.languages || data.language);
-      const labels = data.labels;
-      if (labels && typeof labels === "object" && !Array.isArray(labels)) {
-        for (const [modality, names] of Object.entries(labels)) {
-          const entry = modalities.find((m) => nameOf(m) === modality);
-          if (entry && !entry.labels) entry.labels = names;
-        }
-      } else if (Array.isArray(labels)) {
-        for (const m of modalities) if (!m.labels) m.labels = labels;
-      }
-    }
-    return { modalities, languages };
-  }
-
-  function fillSelect(select, items, preferred) {
+  // GET v1/plugins answers {modalities: [{name, description, labels}], languages: [{code,
+  // name}], labels: [{id, description}]}; an option shows "English (en)" for a language.
+  function fillSelect(select, options, preferred) {
     select.replaceChildren();
-    for (const item of items) {
-      const name = nameOf(item);
-      if (!name) continue;
+    for (const { value, text, title } of options) {
       const option = document.createElement("option");
-      option.value = name;
-      const broken = item.status && item.status !== "ok";
-      option.textContent = broken ? `${shownName(item)} (${item.status})` : shownName(item);
-      if (item.description) option.title = item.description;
-      option.disabled = Boolean(broken);
+      option.value = value;
+      option.textContent = text;
+      if (title) option.title = title;
       select.append(option);
     }
-    const usable = [...select.options].filter((o) => !o.disabled);
-    const choice = usable.find((o) => o.value === preferred) || usable[0];
-    if (choice) select.value = choice.value;
-    if (!select.options.length) {
+    if (!options.length) {
       const option = document.createElement("option");
       option.value = "";
       option.textContent = "none installed";
       select.append(option);
+    } else {
+      select.value = options.some((o) => o.value === preferred) ? preferred : options[0].value;
     }
   }
 
@@ -122,15 +63,13 @@
       const response = await fetch("v1/plugins", { headers: { Accept: "application/json" } });
       const data = await readJson(response);
       if (!response.ok) throw new Error(errorText(response, data));
-      const { modalities, languages } = readPlugins(data);
-      for (const m of modalities) labelsOf.set(nameOf(m), labelNames(m.labels));
-      if (data && Array.isArray(data.labels)) {
-        for (const label of data.labels) {
-          if (label && label.description) descriptions.set(nameOf(label), label.description);
-        }
-      }
-      fillSelect(pluginSelect, modalities, "ct");
-      fillSelect(langSelect, languages, "en");
+      for (const m of data.modalities) labelsOf.set(m.name, m.labels);
+      for (const label of data.labels) descriptions.set(label.id, label.description);
+      fillSelect(pluginSelect, data.modalities.map(
+        (m) => ({ value: m.name, text: m.name, title: m.description })), "ct");
+      fillSelect(langSelect, data.languages.map(
+        (l) => ({ value: l.code, text: l.name && l.name !== l.code ? `${l.name} (${l.code})`
+                                                                  : l.code })), "en");
       showLabelsHint();
     } catch (err) {
       fillSelect(pluginSelect, [], null);
