@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from m3fm.alignment.model import MultiMedCLIP
 from m3fm.checkpoint import load_model_weights
-from m3fm.embedding import Embedder
+from m3fm.embedding import Embedder, channels_last, computing_in
 from m3fm.generation.bridge import MemoryBank, bridge
 from m3fm.generation.config import DecodeConfig, GeneratorConfig
 from m3fm.generation.model import MultiMedLM
@@ -90,6 +90,14 @@ class ReportModel(Embedder):
         embeddings = self.embed_images(images, modality=modality)
         return self.reports_from_embeddings(embeddings, lang, decode, modality=modality)
 
+    def embed_images(self, images: Sequence[str | Path | torch.Tensor],
+                     modality: str | None = None, batch_size: int = 32, **options
+                     ) -> torch.Tensor:
+        """As :meth:`Embedder.embed_images`, in the precision of the model's default decoding
+        (`decode.precision`) unless `precision` is given."""
+        options.setdefault("precision", self.decode.precision)
+        return super().embed_images(images, modality, batch_size, **options)
+
     def reports_from_embeddings(
         self, embeddings: torch.Tensor, lang: str, decode: DecodeConfig | None = None,
         use_cache: bool = True, modality: str | None = None,
@@ -109,8 +117,10 @@ class ReportModel(Embedder):
         for start in range(0, len(embeddings), decode.batch_size):
             batch = embeddings[start:start + decode.batch_size].to(self.device)
             points = bridge(batch, lang, decode, self.bank, modality)
-            for ids in self.generator.generate(points, lang, decode, use_cache=use_cache,
-                                               modality=style):
+            with computing_in(decode.precision, self.device, "decoder"):
+                written = self.generator.generate(points, lang, decode, use_cache=use_cache,
+                                                  modality=style)
+            for ids in written:
                 text = language.normalize(decode_report(self.generator.tokenizer, ids))
                 cut_off = len(ids) >= self.generator.token_limit(decode)  # no [EOS] reached
                 if cut_off:
@@ -140,7 +150,7 @@ class ReportModel(Embedder):
             raise InputError(
                 f"{config_file}: incompatible config: {describe_validation_error(exc)}"
             ) from exc
-        align = MultiMedCLIP.from_pretrained(path / ALIGN_DIR)
+        align = channels_last(MultiMedCLIP.from_pretrained(path / ALIGN_DIR))
         generator = MultiMedLM(config.generator, align.config.embed_dim, align.tokenizer)
         load_model_weights(generator, path)
         bank = MemoryBank.load(path)
@@ -163,4 +173,4 @@ def load(path: str | Path, device: str | torch.device | None = None) -> Embedder
     """Load a checkpoint directory: a :class:`ReportModel`, or an alignment-only Embedder."""
     if is_report_model(Path(path)):
         return ReportModel.from_pretrained(path, device=device)
-    return Embedder(MultiMedCLIP.from_pretrained(path), device=device)
+    return Embedder(channels_last(MultiMedCLIP.from_pretrained(path)), device=device)
