@@ -60,7 +60,7 @@ def one_by_one_uncached(model: ReportModel, inputs: list[Path], modality: str, l
     return reports
 
 
-def _timed(function, *args) -> tuple[float, list[str]]:
+def timed(function, *args) -> tuple[float, list[str]]:
     start = time.perf_counter()
     reports = function(*args)
     return time.perf_counter() - start, reports
@@ -90,8 +90,8 @@ def main(checkpoint: Path | None, modality: str, lang: str, count: int, images: 
         else:
             inputs = sample_inputs(count, Path(scratch))
         batched_cached(model, inputs[:2], modality, lang)  # warm-up: lazy imports, allocator
-        fast, fast_reports = _timed(batched_cached, model, inputs, modality, lang)
-        slow, slow_reports = _timed(one_by_one_uncached, model, inputs, modality, lang)
+        fast, fast_reports = timed(batched_cached, model, inputs, modality, lang)
+        slow, slow_reports = timed(one_by_one_uncached, model, inputs, modality, lang)
     tokenizer = model.generator.tokenizer
     figures = {
         "inputs": len(inputs),

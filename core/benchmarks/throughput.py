@@ -26,7 +26,7 @@ import click
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from m3fm.benchmarks.decoding import _timed, batched_cached, sample_inputs
+from m3fm.benchmarks.decoding import batched_cached, sample_inputs, timed
 from m3fm.embedding import computing_in, native_bf16, resolved_precision
 from m3fm.generation.bridge import bridge
 from m3fm.generation.reporting import ReportModel
@@ -64,8 +64,8 @@ def _counted(function, *args, **kwargs) -> tuple[float, float, object]:
     seconds the best of REPEATS timed ones (the least disturbed by other load)."""
     with FlopCounterMode(display=False) as counter:
         function(*args, **kwargs)
-    seconds, result = min((_timed(lambda: function(*args, **kwargs)) for _ in range(REPEATS)),
-                          key=lambda timed: timed[0])
+    seconds, result = min((timed(lambda: function(*args, **kwargs)) for _ in range(REPEATS)),
+                          key=lambda outcome: outcome[0])
     return counter.get_total_flops() / 1e9, seconds, result
 
 
@@ -118,8 +118,8 @@ def run_precision(model: ReportModel, inputs: list[Path], images: list[torch.Ten
     model.decode = model.decode.model_copy(update={"precision": precision})
     stages = stage_figures(model, images, modality, lang, precision)
     batched_cached(model, inputs[:2], modality, lang)  # warm-up
-    seconds, reports = min((_timed(batched_cached, model, inputs, modality, lang)
-                            for _ in range(REPEATS)), key=lambda timed: timed[0])
+    seconds, reports = min((timed(batched_cached, model, inputs, modality, lang)
+                            for _ in range(REPEATS)), key=lambda outcome: outcome[0])
     # decode_steps is generate's total less the encoder's, so the stages add up.
     gflop = sum(stage["gflop"] for stage in stages.values())
     compute = sum(stage["seconds"] for stage in stages.values())
