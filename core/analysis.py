@@ -41,19 +41,25 @@ class Analysis:
 
 def requested_analysis(
     modality: str, lang: str, labels: Sequence[str] | None = None, *, report: bool = True,
-    diagnosis: bool = True, diagnosis_from: str = "image", model_dir: Path | None = None,
+    diagnosis: bool = True, diagnosis_from: str = "image",
+    validation: Validation | None = None,
 ) -> Analysis:
     """The Analysis a user asked for by name (`labels` None: every label of the modality),
     checked against the installed plugins before a model loads or an input is read, so that
-    an unknown modality, language or label is one UsageError naming the known ones.  The
-    validation figures are those `model_dir` (None: the bundled model) ships."""
+    an unknown modality, language or label is one UsageError naming the known ones.
+    `validation`: the figures the model ships (:func:`model_validation`)."""
     registry = get_registry()
     registry.modality(modality)
     registry.language(lang)
     chosen = resolve_labels(modality, labels) if diagnosis else ()
     return Analysis(modality, lang, report=report, labels=tuple(chosen),
                     diagnosis_from=diagnosis_from,
-                    validation=read_validation(model_dir or default_model_dir()))
+                    validation=validation)
+
+
+def model_validation(model_dir: Path | None) -> Validation | None:
+    """The diagnosis figures the model in `model_dir` (None: the bundled one) ships, if any."""
+    return read_validation(model_dir or default_model_dir())
 
 
 def split_labels(labels: str | None) -> list[str] | None:

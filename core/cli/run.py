@@ -67,7 +67,7 @@ def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
     is 1 only when no input could be processed. Under torchrun each rank takes its share of
     the inputs, and rank 0 merges the ranks' results into --out in input order.
     """
-    from m3fm.analysis import analyse_inputs, requested_analysis, split_labels
+    from m3fm.analysis import analyse_inputs, model_validation, requested_analysis, split_labels
     from m3fm.batch_jobs import ResultsJob, Shard, joined
     from m3fm.inputs import iter_inputs
     from m3fm.progress import track
@@ -76,7 +76,8 @@ def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
         raise UsageError("--no-report with --no-diagnosis leaves nothing to do")
     analysis = requested_analysis(modality, language, split_labels(labels),
                                   report=not no_report, diagnosis=not no_diagnosis,
-                                  diagnosis_from=diagnosis_from, model_dir=checkpoint)
+                                  diagnosis_from=diagnosis_from,
+                                  validation=model_validation(checkpoint))
     spec = get_registry().modality(modality)
     shard = Shard.from_env()
     # --out is checked and locked before the model loads: a bad path fails in a second

@@ -31,7 +31,13 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 
 from m3fm import __version__
-from m3fm.analysis import Analysis, analyse_inputs, requested_analysis, split_labels
+from m3fm.analysis import (
+    Analysis,
+    analyse_inputs,
+    model_validation,
+    requested_analysis,
+    split_labels,
+)
 from m3fm.cli.models import load_model
 from m3fm.diagnosis import SOURCES
 from m3fm.generation import DecodeConfig
@@ -68,7 +74,7 @@ class Service:
     """The loaded model and how it runs a batch of uploads; used from the worker thread only."""
 
     def __init__(self, model_dir: Path | None, max_batch: int | None) -> None:
-        self.model_dir = model_dir
+        self.validation = model_validation(model_dir)  # read once, not per request
         self.name = (model_dir or default_model_dir()).name
         self.model = load_model(model_dir, reports=False)
         decode = getattr(self.model, "decode", DecodeConfig())
@@ -150,7 +156,7 @@ def create_app(model_dir: Path | None = None, *, max_batch: int | None = None,
         service: Service = request.app.state.service
         analysis = requested_analysis(plugin, lang, split_labels(labels), report=report,
                                       diagnosis_from=diagnosis_from,
-                                      model_dir=service.model_dir)
+                                      validation=service.validation)
         async with received(file, limit) as upload:
             try:
                 result = await request.app.state.batcher.submit(analysis, upload)
