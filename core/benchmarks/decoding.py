@@ -66,29 +66,52 @@ def timed(function, *args) -> tuple[float, list[str]]:
     return time.perf_counter() - start, reports
 
 
+def workload_options(command):
+    """The options every decoding benchmark shares: the model, the inputs, the threads."""
+    options = [
+        click.option("--checkpoint", type=click.Path(path_type=Path, exists=True,
+                                                     file_okay=False),
+                     help="Report model; default: the bundled m3fm-small."),
+        click.option("--plugin", "modality", default="ct", show_default=True),
+        click.option("--lang", default="zh", show_default=True),
+        click.option("--inputs", "count", default=64, show_default=True,
+                     help="Number of inputs."),
+        click.option("--images", type=click.Path(path_type=Path, exists=True, file_okay=False),
+                     help="Take the first --inputs images of this folder instead of sample "
+                     "copies."),
+        click.option("--threads", type=int, help="torch CPU threads (default: torch's choice)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def loaded_model(checkpoint: Path | None, threads: int | None) -> ReportModel:
+    """The report model to measure (the bundled one by default), with `threads` set."""
+    if threads:
+        torch.set_num_threads(threads)
+    return ReportModel.from_pretrained(checkpoint or default_model_dir())
+
+
+def benchmark_inputs(images: Path | None, modality: str, count: int, scratch: Path
+                     ) -> list[Path]:
+    """The first `count` files of `images` that `modality` reads, else `count` sample copies
+    written to `scratch`."""
+    if images is None:
+        return sample_inputs(count, scratch)
+    spec = get_registry().modality(modality)
+    return sorted(p for p in images.rglob("*") if p.is_file() and spec.accepts(p))[:count]
+
+
 @click.command()
-@click.option("--checkpoint", type=click.Path(path_type=Path, exists=True, file_okay=False),
-              help="Report model; default: the bundled m3fm-small.")
-@click.option("--plugin", "modality", default="ct", show_default=True)
-@click.option("--lang", default="zh", show_default=True)
-@click.option("--inputs", "count", default=64, show_default=True, help="Number of inputs.")
-@click.option("--images", type=click.Path(path_type=Path, exists=True, file_okay=False),
-              help="Take the first --inputs images of this folder instead of sample copies.")
-@click.option("--threads", type=int, help="torch CPU threads (default: torch's choice).")
+@workload_options
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def main(checkpoint: Path | None, modality: str, lang: str, count: int, images: Path | None,
          threads: int | None, as_json: bool) -> None:
     """Time batched, cached decoding against one-by-one uncached decoding."""
-    if threads:
-        torch.set_num_threads(threads)
-    model = ReportModel.from_pretrained(checkpoint or default_model_dir())
+    model = loaded_model(checkpoint, threads)
     with tempfile.TemporaryDirectory() as scratch:
-        if images is not None:
-            spec = get_registry().modality(modality)
-            inputs = sorted(p for p in images.rglob("*") if p.is_file() and spec.accepts(p))
-            inputs = inputs[:count]
-        else:
-            inputs = sample_inputs(count, Path(scratch))
+        inputs = benchmark_inputs(images, modality, count, Path(scratch))
         batched_cached(model, inputs[:2], modality, lang)  # warm-up: lazy imports, allocator
         fast, fast_reports = timed(batched_cached, model, inputs, modality, lang)
         slow, slow_reports = timed(one_by_one_uncached, model, inputs, modality, lang)

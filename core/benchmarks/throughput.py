@@ -26,12 +26,17 @@ import click
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from m3fm.benchmarks.decoding import batched_cached, sample_inputs, timed
+from m3fm.benchmarks.decoding import (
+    batched_cached,
+    benchmark_inputs,
+    loaded_model,
+    timed,
+    workload_options,
+)
 from m3fm.embedding import computing_in, native_bf16, resolved_precision
 from m3fm.generation.bridge import bridge
 from m3fm.generation.reporting import ReportModel
 from m3fm.imaging import preprocess
-from m3fm.models import default_model_dir
 from m3fm.registry import get_registry
 
 MATMUL_SIZE = 2048
@@ -132,26 +137,17 @@ def run_precision(model: ReportModel, inputs: list[Path], images: list[torch.Ten
 
 
 @click.command()
-@click.option("--checkpoint", type=click.Path(path_type=Path, exists=True, file_okay=False),
-              help="Report model; default: the bundled m3fm-small.")
-@click.option("--plugin", "modality", default="ct", show_default=True)
-@click.option("--lang", default="zh", show_default=True)
-@click.option("--inputs", "count", default=64, show_default=True, help="Number of inputs.")
-@click.option("--images", type=click.Path(path_type=Path, exists=True, file_okay=False),
-              help="Take the first --inputs images of this folder instead of sample copies.")
+@workload_options
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16-images", "bf16"]),
               default="auto",
               show_default=True, help="The precision compared with fp32.")
-@click.option("--threads", type=int, help="torch CPU threads (default: torch's choice).")
 @click.option("--matmul-size", default=MATMUL_SIZE, show_default=True,
               help="Side of the square matmul that measures the peak.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def main(checkpoint: Path | None, modality: str, lang: str, count: int, images: Path | None,
-         precision: str, threads: int | None, matmul_size: int, as_json: bool) -> None:
+         threads: int | None, precision: str, matmul_size: int, as_json: bool) -> None:
     """Achieved GFLOP/s of batched report writing against a matmul, fp32 and `precision`."""
-    if threads:
-        torch.set_num_threads(threads)
-    model = ReportModel.from_pretrained(checkpoint or default_model_dir())
+    model = loaded_model(checkpoint, threads)
     device = model.device
     chosen = resolved_precision(precision, device)
     spec = get_registry().modality(modality)
@@ -160,11 +156,7 @@ def main(checkpoint: Path | None, modality: str, lang: str, count: int, images: 
     peak["bf16"] = (round(matmul_gflops(torch.bfloat16, device, matmul_size), 1)
                     if native_bf16(device) else None)
     with tempfile.TemporaryDirectory() as scratch:
-        if images is not None:
-            inputs = sorted(p for p in images.rglob("*") if p.is_file() and spec.accepts(p))
-            inputs = inputs[:count]
-        else:
-            inputs = sample_inputs(count, Path(scratch))
+        inputs = benchmark_inputs(images, modality, count, Path(scratch))
         tensors = [preprocess(spec, path) for path in inputs]
         runs = {"fp32": run_precision(model, inputs, tensors, modality, lang, "fp32")}
         if chosen != "fp32":
