@@ -128,7 +128,7 @@ def test_unexpected_errors_are_one_line_without_traceback(capsys, monkeypatch):
     def explode(*args, **kwargs):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(m3fm.cli.plugins, "get_registry", explode)
+    monkeypatch.setattr(m3fm.cli.plugins, "_plugin_rows", explode)
     code, _, err = run_cli(capsys, "plugins", "list")
     assert code == 1
     assert_one_line_error(err, "internal error: ZeroDivisionError: boom", "M3FM_DEBUG=1")

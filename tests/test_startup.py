@@ -30,7 +30,8 @@ def _fresh_python(code: str) -> str:
     return result.stdout
 
 
-def test_version_and_help_do_not_import_torch():
+def test_version_and_help_do_not_import_torch_or_the_plugin_machinery():
+    """torch costs seconds; pluggy and pydantic (the registry's specs) a quarter second."""
     out = _fresh_python("""
         import sys
         from m3fm.cli import main
@@ -39,9 +40,22 @@ def test_version_and_help_do_not_import_torch():
                 main(args)
             except SystemExit:
                 pass
-        print("torch" in sys.modules)
+        print(sorted({name.split(".")[0] for name in sys.modules} & {"torch", "pluggy",
+                                                                     "pydantic"}))
     """)
-    assert out.strip().splitlines()[-1] == "False"
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_the_registrys_names_load_on_first_use():
+    out = _fresh_python("""
+        import sys
+        import m3fm.registry
+        before = "m3fm.registry.manager" in sys.modules
+        from m3fm.registry import LanguageSpec, get_registry
+        print(before, "m3fm.registry.manager" in sys.modules, LanguageSpec.__name__,
+              get_registry().language("en").code)
+    """)
+    assert out.split() == ["False", "True", "LanguageSpec", "en"]
 
 
 def test_a_picture_is_read_without_monai(tmp_path):

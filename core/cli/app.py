@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from m3fm import __version__
+import m3fm
 from m3fm.outputs import json_text, shown_path
 from m3fm.registry import PLUGIN_API_VERSION
 
@@ -65,7 +65,7 @@ def cells(rows: list[dict], columns: list[str]) -> list[list[str]]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "-V", "--version", prog_name="m3fm")
+@click.version_option(None, "-V", "--version", package_name="m3fm", prog_name="m3fm")
 def cli() -> None:
     """m3fm: medical foundation models across imaging domains and report languages.
 
@@ -87,7 +87,7 @@ def version(as_json: bool, cuda: bool) -> None:
     from importlib.metadata import version as installed_version
 
     info: dict[str, object] = {
-        "m3fm": __version__,
+        "m3fm": m3fm.__version__,
         "plugin_api": PLUGIN_API_VERSION,
         "python": platform.python_version(),
         "torch": installed_version("torch"),

@@ -9,7 +9,7 @@ import click
 from m3fm.cli.app import ModelFolder, PathArg, cells, cli, table
 from m3fm.cli.models import decoding, repetition_options, report_model
 from m3fm.outputs import OutputError, check_output_path, json_text, save_text
-from m3fm.registry import M3fmError, UsageError, get_registry
+from m3fm.registry import M3fmError, UsageError
 
 
 @cli.command()
@@ -58,6 +58,7 @@ def evaluate(checkpoints: tuple[Path, ...], data_dir: Path, format_name: str | N
     diagnosis (zero-shot from images and reports, few-shot probes, chance; AUC, F1, accuracy).
     """
     from m3fm.data import read_records
+    from m3fm.registry import get_registry
 
     for option, path in (("--out", out), ("--markdown", markdown), ("--reports", reports_out)):
         if path is not None:

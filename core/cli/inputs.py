@@ -13,10 +13,11 @@ import click
 from m3fm.cli.app import PathArg, cli, err_console, print_json, table
 from m3fm.cli.results import emit_results
 from m3fm.outputs import shown_path
-from m3fm.registry import M3fmError, ModalitySpec, get_registry
+from m3fm.registry import M3fmError
 
 if TYPE_CHECKING:
     from m3fm.data.cache import PreprocessCache
+    from m3fm.registry import ModalitySpec
 
 
 @cli.command()
@@ -30,6 +31,8 @@ def preprocess(modality: str, paths: tuple[Path, ...], as_json: bool) -> None:
     expected before training or inference. Inputs that fail are reported one per line; the
     exit code is 1 if any failed.
     """
+    from m3fm.registry import get_registry
+
     spec = get_registry().modality(modality)
     results: list[dict] = []
     tally = emit_results(_tensor_summaries(spec, paths, results), out=None,
@@ -155,6 +158,7 @@ def data_cache(paths: tuple[Path, ...], modality: str | None, data_path: Path | 
 def _inputs_to_cache(paths: tuple[Path, ...], modality: str) -> Iterator[tuple[ModalitySpec, Path]]:
     """(modality, input) for each input PATHS name, folders expanded as `preprocess` does."""
     from m3fm.inputs import collect_inputs
+    from m3fm.registry import get_registry
 
     spec = get_registry().modality(modality)
     for path in collect_inputs(spec, paths):
@@ -169,6 +173,7 @@ def _records_to_cache(data_path: Path, format_name: str | None, splits: tuple[st
     unknown modality is reported as skipped, since nothing says how to read its image.
     """
     from m3fm.data import read_dataset
+    from m3fm.registry import get_registry
 
     result = read_dataset(data_path, format_name)
     for problem in result.problems:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from pydantic import ValidationError
 
 from m3fm.registry import UsageError
 
@@ -32,6 +31,8 @@ def decoding(default, bridge: str | None, beams: int | None, temperature: float 
     Validated like a recipe's decoding section, so a value the config refuses (a NaN
     temperature, a beam too wide to fit in memory) is a usage error instead of garbage.
     """
+    from pydantic import ValidationError
+
     from m3fm.validation import describe_validation_error
 
     changes = {"bridge": bridge, "num_beams": beams, "memory_temperature": temperature,

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from m3fm import __version__
+import m3fm
 from m3fm.cli.app import PathArg, cli, err_console, print_json, table
-from m3fm.registry import KINDS, PLUGIN_API_VERSION, UnknownNameError, get_registry
+from m3fm.registry import PLUGIN_API_VERSION, UnknownNameError
 
 if TYPE_CHECKING:
     from m3fm.plugin_checks import Verdicts
@@ -32,6 +32,8 @@ def _plugin_rows(verdicts: Verdicts | None) -> list[dict[str, str]]:
     With the conformance kit's `verdicts`, a modality or language failing a check has the
     status ``incompatible: <check>: <problem>``.
     """
+    from m3fm.registry import get_registry
+
     registry = get_registry()
     rows = []
     for provided in registry.all_provided():
@@ -90,7 +92,7 @@ def plugins_list(as_json: bool, force_check: bool, no_check: bool) -> None:
         print_json(rows)
     else:
         table(
-            f"m3fm {__version__} plugins (plugin API {PLUGIN_API_VERSION})",
+            f"m3fm {m3fm.__version__} plugins (plugin API {PLUGIN_API_VERSION})",
             ["name", "kind", "plugin", "source", "status"],
             [list(row.values()) for row in rows],
         )
@@ -101,6 +103,7 @@ def plugins_list(as_json: bool, force_check: bool, no_check: bool) -> None:
 def _verdicts(force: bool) -> Verdicts:
     """The kit's verdicts, cached or fresh; a spinner on a terminal while the kit runs."""
     from m3fm.plugin_checks import verdicts
+    from m3fm.registry import get_registry
 
     waiting = (err_console.status("Running the conformance kit on each plugin…")
                if err_console.is_terminal else contextlib.nullcontext())
@@ -113,6 +116,8 @@ def _warnings(verdicts: Verdicts | None) -> list[str]:
     `verdicts`, also labels that a language has no prompts of its own for (diagnosis there
     falls back to the anchor language's), or, as one line, why the labels cannot all be
     prompted."""
+    from m3fm.registry import get_registry
+
     registry = get_registry()
     found = [f"{info.owner}: {warning}" for info in registry.plugins.values()
              for warning in info.warnings]
@@ -131,6 +136,8 @@ def _describe(kind: str, spec: object) -> dict[str, object]:
 def _describe_label(label: str) -> dict[str, object]:
     """A label as all plugins declare it together, who declares it, and in which languages
     diagnosis has prompts of its own (the others fall back to the anchor language's)."""
+    from m3fm.registry import get_registry
+
     registry = get_registry()
     spec = registry.label(label)
     prompted = [code for code in registry.names("language")
@@ -184,6 +191,8 @@ def plugins_available(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def plugins_show(name: str, as_json: bool) -> None:
     """Show what a modality, language, dataset format, label or plugin named NAME declares."""
+    from m3fm.registry import KINDS, get_registry
+
     registry = get_registry()
     found = [
         _describe(provided.kind, provided.spec) | {"plugin": provided.plugin.name,
