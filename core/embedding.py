@@ -12,7 +12,7 @@ Vectors are L2-normalised, computed in batches without gradients, returned on th
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from m3fm.data.streaming import preprocessed
 from m3fm.registry import UsageError, get_registry
 
 if TYPE_CHECKING:
+    from m3fm.clinical.ood import OODDetector
     from m3fm.data.cache import PreprocessCache
 
 
@@ -76,9 +77,13 @@ def channels_last(model: MultiMedCLIP) -> MultiMedCLIP:
 class Embedder:
     """A loaded alignment model with batching, normalisation of text and image loading."""
 
-    def __init__(self, model: MultiMedCLIP, device: str | torch.device | None = None) -> None:
+    def __init__(self, model: MultiMedCLIP, device: str | torch.device | None = None,
+                 ood: OODDetector | None = None) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
+        self.ood = ood
+        """What the checkpoint knows of its training images, to flag inputs far from them
+        (see :meth:`image_features`); None for a checkpoint without it."""
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -127,18 +132,48 @@ class Embedder:
         volumes of different depth) are batched by shape; the rows come back in input order.
         """
         modality = self.modality(modality)
+        return self._encode_images(images, modality, self.model.encode_image,
+                                   self.model.config.embed_dim, batch_size, workers, cache,
+                                   precision)
+
+    @torch.no_grad()
+    def image_features(
+        self, images: Sequence[str | Path | torch.Tensor], modality: str | None = None,
+        batch_size: int = 32, *, workers: int = 0, cache: PreprocessCache | None = None,
+    ) -> torch.Tensor:
+        """The image tower's pooled features (N, F), before the projection into the shared
+        space, in fp32: what :attr:`ood` assesses, because they keep how an image looks,
+        which the space (made to match what reports say) drops."""
+        modality = self.modality(modality)
+        dim = self.model.image_projections[modality].in_features
+        return self._encode_images(images, modality, self.model.image_features, dim,
+                                   batch_size, workers, cache, "fp32")
+
+    @torch.no_grad()
+    def embed_features(self, features: torch.Tensor, modality: str | None = None
+                       ) -> torch.Tensor:
+        """Embeddings (N, D) of image-tower features (N, F) from :meth:`image_features`: the
+        projection alone, so that a caller needing both (the OOD flag) runs the tower once."""
+        modality = self.modality(modality)
+        return self.model.project_image(modality, features.to(self.device)).float().cpu()
+
+    def _encode_images(
+        self, images: Sequence[str | Path | torch.Tensor], modality: str,
+        encode_batch: Callable[[str, torch.Tensor], torch.Tensor], dim: int, batch_size: int,
+        workers: int, cache: PreprocessCache | None, precision: str,
+    ) -> torch.Tensor:
         spec = get_registry().modality(modality)
         files = preprocessed(spec, (Path(image) for image in images
                                     if not isinstance(image, torch.Tensor)),
                              workers=workers, cache=cache)
-        out = torch.empty(len(images), self.model.config.embed_dim)
+        out = torch.empty(len(images), dim)
         waiting: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
 
         def encode(group: list[tuple[int, torch.Tensor]]) -> None:
             rows = [index for index, _ in group]
             batch = torch.stack([tensor for _, tensor in group]).to(self.device)
             with computing_in(precision, self.device):
-                out[rows] = self.model.encode_image(modality, batch).float().cpu()
+                out[rows] = encode_batch(modality, batch).float().cpu()
             group.clear()
 
         for index, image in enumerate(images):

@@ -68,14 +68,22 @@ class MultiMedCLIP(nn.Module):
         key = self.config.modalities[0] if self.config.image.shared else modality
         return self.image_encoders[key]
 
-    def encode_image(self, modality: str, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised embeddings of a batch of preprocessed images (B, C, [D,] H, W)."""
+    def image_features(self, modality: str, images: torch.Tensor) -> torch.Tensor:
+        """The image tower's pooled features (B, F) of preprocessed images (B, C, [D,] H, W),
+        before their projection into the shared space."""
         if modality not in self.image_projections:
             known = ", ".join(self.config.modalities)
             raise InputError(f"this model has no {modality!r} image tower; it has: {known}")
         images = resize_to_input(images, self.config.image.input_size)
-        features = self._image_encoder(modality)(images)
+        return self._image_encoder(modality)(images)
+
+    def project_image(self, modality: str, features: torch.Tensor) -> torch.Tensor:
+        """L2-normalised embeddings of image-tower features (B, F)."""
         return F.normalize(self.image_projections[modality](features), dim=-1)
+
+    def encode_image(self, modality: str, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised embeddings of a batch of preprocessed images (B, C, [D,] H, W)."""
+        return self.project_image(modality, self.image_features(modality, images))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """L2-normalised embeddings of tokenised reports: masked mean of the last hidden states."""

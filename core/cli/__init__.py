@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from m3fm.cli import evaluation, inputs, plugins, run, serve, training  # noqa: F401  (register verbs)
+from m3fm.cli import evaluation, inputs, ood, plugins, run, serve, training  # noqa: F401  (register verbs)
 from m3fm.cli.app import cli
 from m3fm.outputs import shown_path
 from m3fm.registry import M3fmError

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from m3fm.alignment.model import MultiMedCLIP
 from m3fm.checkpoint import load_model_weights
+from m3fm.clinical.ood import OODDetector, load_for
 from m3fm.embedding import Embedder, channels_last, computing_in
 from m3fm.generation.bridge import MemoryBank, bridge
 from m3fm.generation.config import DecodeConfig, GeneratorConfig
@@ -54,12 +55,16 @@ def is_report_model(path: Path) -> bool:
 
 
 def save_report_artifacts(
-    directory: Path, align: MultiMedCLIP, config: ReportModelConfig, bank: MemoryBank
+    directory: Path, align: MultiMedCLIP, config: ReportModelConfig, bank: MemoryBank,
+    ood: OODDetector | None = None,
 ) -> None:
-    """Everything of a report model but the generator weights, which the training loop saves."""
+    """Everything of a report model but the generator weights, which the training loop saves;
+    `ood` is the alignment checkpoint's description of its training images."""
     (directory / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
     bank.save(directory)
     align.save_pretrained(directory / ALIGN_DIR)
+    if ood is not None:
+        ood.save(directory / ALIGN_DIR)
 
 
 class ReportModel(Embedder):
@@ -68,8 +73,9 @@ class ReportModel(Embedder):
     def __init__(
         self, align: MultiMedCLIP, generator: MultiMedLM, bank: MemoryBank,
         decode: DecodeConfig | None = None, device: str | torch.device | None = None,
+        ood: OODDetector | None = None,
     ) -> None:
-        super().__init__(align, device=device)
+        super().__init__(align, device=device, ood=ood)
         self.generator = generator.to(self.device).eval()
         self.bank = bank
         self.decode = decode or DecodeConfig()
@@ -157,7 +163,8 @@ class ReportModel(Embedder):
         missing = set(config.generator.languages) - set(bank.languages)
         if missing:
             raise InputError(f"{path}: the memory bank has no {', '.join(sorted(missing))}")
-        return cls(align, generator, bank, config.decode, device=device)
+        return cls(align, generator, bank, config.decode, device=device,
+                   ood=load_for(align, path / ALIGN_DIR))
 
 
 def without_unfinished_sentence(text: str, language: LanguageSpec) -> str:
@@ -173,4 +180,5 @@ def load(path: str | Path, device: str | torch.device | None = None) -> Embedder
     """Load a checkpoint directory: a :class:`ReportModel`, or an alignment-only Embedder."""
     if is_report_model(Path(path)):
         return ReportModel.from_pretrained(path, device=device)
-    return Embedder(channels_last(MultiMedCLIP.from_pretrained(path)), device=device)
+    align = channels_last(MultiMedCLIP.from_pretrained(path))
+    return Embedder(align, device=device, ood=load_for(align, Path(path)))

@@ -17,6 +17,7 @@ import torch
 
 from m3fm.alignment.model import MultiMedCLIP
 from m3fm.alignment.retrieval import retrieval_sets
+from m3fm.clinical.ood import load_for
 from m3fm.data import read_sources
 from m3fm.data.cache import PreprocessCache
 from m3fm.data.streaming import preprocessed
@@ -87,6 +88,7 @@ class GenerationTask:
                  rank: int = 0, world_size: int = 1) -> None:
         self.recipe, self.rank, self.world_size = recipe, rank, world_size
         self.align = MultiMedCLIP.from_pretrained(align_dir).requires_grad_(False)
+        self.ood = load_for(self.align, align_dir)
         languages = recipe.model.languages
         unknown = sorted(set(languages) - set(self.align.config.languages))
         if unknown:
@@ -182,7 +184,8 @@ class GenerationTask:
             batches=self.batches,
             loss=self.loss,
             evaluate=self.evaluate if self.val_sets else None,
-            save_artifacts=lambda d: save_report_artifacts(d, self.align, config, self.bank),
+            save_artifacts=lambda d: save_report_artifacts(d, self.align, config, self.bank,
+                                                            self.ood),
             metadata={
                 "recipe": self.recipe.model_dump(mode="json"),
                 "data": data_description,

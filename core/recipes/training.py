@@ -5,15 +5,19 @@ Shared by `m3fm train` and `m3fm benchmark`, so a benchmark trains exactly what 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from m3fm.recipes import AlignRecipe, GenerateRecipe, LoadingConfig, load_recipe
+from m3fm.registry import InputError
 from m3fm.training import FINAL_DIR, TrainResult
 from m3fm.training import train as run_training
 from m3fm.training.distributed import Ranks
 from m3fm.training.loop import hold_run_directory
+
+log = logging.getLogger(__name__)
 
 
 def train_recipe(
@@ -46,8 +50,27 @@ def _train_alignment(recipe: AlignRecipe, data_dir: Path, out: Path, resume: boo
     from m3fm.alignment.task import AlignmentTask
 
     task = AlignmentTask(recipe, data_dir, rank=ranks.rank, world_size=ranks.world_size)
-    return run_training(task.training_task(str(data_dir)), recipe.train, out, resume=resume,
-                        batch_settings=_batch_settings(recipe))
+    result = run_training(task.training_task(str(data_dir)), recipe.train, out, resume=resume,
+                          batch_settings=_batch_settings(recipe))
+    if ranks.is_main:
+        _describe_training_images(recipe, data_dir, result.checkpoint)
+    return result
+
+
+def _describe_training_images(recipe: AlignRecipe, data_dir: Path, final: Path) -> None:
+    """Give the final model its out-of-distribution description (train split described,
+    threshold on the val split); without images in both splits it has none, said as a
+    warning, since the model itself is fine."""
+    from m3fm.clinical.ood import calibrate
+    from m3fm.data import read_sources
+
+    data = {"data": str(data_dir), "recipe": recipe.name,
+            "sources": [source.model_dump(mode="json") for source in recipe.data.sources]}
+    try:
+        calibrate(final, read_sources(recipe.data.sources, data_dir), recipe.data.train_split,
+                  recipe.data.val_split, data)
+    except InputError as exc:
+        log.warning("%s has no out-of-distribution description: %s", final, exc)
 
 
 def _train_generator(recipe: GenerateRecipe, data_dir: Path, out: Path, resume: bool,
