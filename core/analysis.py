@@ -8,7 +8,7 @@ worker processes with ``workers``), so memory holds about one batch whatever the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,16 +67,28 @@ def split_labels(labels: str | None) -> list[str] | None:
     return None if labels is None else [label.strip() for label in labels.split(",") if label]
 
 
+ResultHook = Callable[[dict[str, object], torch.Tensor], None]
+"""Called with each finished result and its preprocessed input, before the result is yielded:
+what writes per-input files (:class:`m3fm.clinical.outputs.ClinicalOutputs`) and notes them in
+the result."""
+
+
 def analyse_inputs(
     model: Embedder, inputs: Iterable[Path], analysis: Analysis,
-    decode: DecodeConfig | None = None, workers: int = 0,
+    decode: DecodeConfig | None = None, workers: int = 0, on_result: ResultHook | None = None,
 ) -> Iterator[dict[str, object]]:
-    """Yield ``{"input", "modality", "language", "report"?, "diagnosis"?, "prompt_languages"?,
-    "unvalidated"?}`` (``prompt_languages``: per label, the language of the prompts it was
-    scored with; ``unvalidated``: the labels the model's validation figures do not vouch for) or
+    """Yield ``{"input", "modality", "language", "report"?, "findings"?, "diagnosis"?,
+    "prompt_languages"?, "unvalidated"?, "ood"?, "ood_score"?, "ood_threshold"?}`` or
     ``{"input", "error"}`` per input: an error as soon as the input fails to load, the others
     a batch (``decode.batch_size``) at a time, in input order; `workers` processes load the
     inputs ahead (0: this process, when asked).
+
+    ``findings``: what the report states, coded by the language plugin's extractor (label,
+    present, side, lobe), the same in every language.  ``prompt_languages``: per label, the
+    language of the prompts it was scored with.  ``unvalidated``: the labels the model's
+    validation figures do not vouch for.  ``ood``: whether the image lies outside what the
+    model was trained on (models that store a description of their training images).
+    `on_result` sees each result and its preprocessed input before it is yielded.
 
     Everything that would fail for every input (a modality, language or label the model
     lacks; a report asked of an alignment-only model) is refused here, before any input is read.
@@ -96,7 +108,8 @@ def analyse_inputs(
     decode = decode or getattr(model, "decode", DecodeConfig())
     batches = input_batches(get_registry().modality(modality), inputs, decode.batch_size,
                             workers)
-    return _results(model, batches, analysis, modality, classifier, decode, needs_reports)
+    return _results(model, batches, analysis, modality, classifier, decode, needs_reports,
+                    on_result)
 
 
 def input_batches(
@@ -120,29 +133,44 @@ def input_batches(
 def _results(
     model: Embedder, batches: Iterable[dict | list[tuple[Path, torch.Tensor]]],
     analysis: Analysis, modality: str, classifier: PromptClassifier | None,
-    decode: DecodeConfig, needs_reports: bool,
+    decode: DecodeConfig, needs_reports: bool, on_result: ResultHook | None,
 ) -> Iterator[dict[str, object]]:
+    extract_findings = get_registry().language(analysis.lang).extract_findings
+    detector = getattr(model, "ood", None)
     for batch in batches:
         if isinstance(batch, dict):
             yield batch
             continue
-        embeddings = model.embed_images([image for _, image in batch], modality=modality)
+        images = [image for _, image in batch]
+        if detector is not None:  # the tower once: its features for the flag, then embeddings
+            features = model.image_features(images, modality=modality)
+            assessments = detector.assess(modality, features)
+            embeddings = model.embed_features(features, modality)
+        else:
+            assessments, embeddings = [], model.embed_images(images, modality=modality)
         reports = (model.reports_from_embeddings(embeddings, analysis.lang, decode,
                                                  modality=modality)
                    if needs_reports else [None] * len(batch))
         diagnoses = (_diagnoses(classifier, analysis.diagnosis_from, embeddings, reports)
                      if classifier is not None else [None] * len(batch))
-        for (path, _), report, diagnosis in zip(batch, reports, diagnoses, strict=True):
+        for (path, image), report, diagnosis, assessment in zip(
+                batch, reports, diagnoses, assessments or [{}] * len(batch), strict=True):
             result: dict[str, object] = {"input": str(path), "modality": modality,
                                          "language": analysis.lang}
             if analysis.report:
                 result["report"] = report
+                if extract_findings is not None:
+                    result["findings"] = [finding.model_dump(mode="json")
+                                          for finding in extract_findings(report)]
             if diagnosis is not None:
                 result["diagnosis"] = diagnosis
                 result["prompt_languages"] = dict(classifier.prompt_languages)
                 if analysis.validation is not None:
                     result["unvalidated"] = analysis.validation.unvalidated(
                         modality, analysis.lang, classifier.labels)
+            result.update(assessment)
+            if on_result is not None:
+                on_result(result, image)
             yield result
 
 

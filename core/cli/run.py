@@ -13,9 +13,8 @@ from m3fm.cli.app import ModelFolder, PathArg, cli
 from m3fm.cli.models import decoding, load_model, repetition_options
 from m3fm.cli.results import Tally, emit_results
 from m3fm.diagnosis import SOURCES
-from m3fm.generation import DecodeConfig
 from m3fm.outputs import check_output_path, json_text, shown_path, write_failure
-from m3fm.registry import M3fmError, UsageError, get_registry
+from m3fm.registry import M3fmError, UsageError
 
 WORKERS = click.option(
     "--workers", type=click.IntRange(min=0), default=0, show_default=True,
@@ -51,13 +50,21 @@ WORKERS = click.option(
 @click.option("--resume", is_flag=True,
               help="Skip the inputs that already have a line (result or error) in --out and "
               "append the others.")
+@click.option("--sr", "sr_dir", type=PathArg, metavar="DIR",
+              help="Write a DICOM Structured Report per DICOM input (file or series) here.")
+@click.option("--fhir", "fhir_dir", type=PathArg, metavar="DIR",
+              help="Write an HL7 FHIR R4 DiagnosticReport (JSON) per input here.")
+@click.option("--heatmaps", "heatmaps_dir", type=PathArg, metavar="DIR",
+              help="Write saliency overlays (PNG) per input here: one per label, one for the "
+              "report.")
 @WORKERS
 @click.argument("paths", nargs=-1, required=True, type=PathArg)
 def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
         as_json: bool, bridge: str | None, beams: int | None,
         memory_temperature: float | None, repetition_penalty: float | None,
         repeated_clauses: str | None, labels: str | None, no_diagnosis: bool,
-        diagnosis_from: str, no_report: bool, resume: bool, workers: int,
+        diagnosis_from: str, no_report: bool, resume: bool, sr_dir: Path | None,
+        fhir_dir: Path | None, heatmaps_dir: Path | None, workers: int,
         paths: tuple[Path, ...]) -> None:
     """Write a report in --lang and zero-shot label probabilities for each image, DICOM
     file, NIfTI volume or folder in PATHS.
@@ -66,11 +73,20 @@ def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
     input that cannot be read at once, with its error, while the others go on; the exit code
     is 1 only when no input could be processed. Under torchrun each rank takes its share of
     the inputs, and rank 0 merges the ranks' results into --out in input order.
+
+    --sr, --fhir and --heatmaps write files per input for clinical systems; each result
+    names its files, and says in "notes" what an input could not get (a PNG has no SR). A
+    model that stores a description of its training images flags inputs outside it ("ood").
     """
     from m3fm.analysis import analyse_inputs, model_validation, requested_analysis, split_labels
     from m3fm.batch_jobs import ResultsJob, Shard, joined
+    from m3fm.clinical.identity import model_identity
+    from m3fm.clinical.outputs import ClinicalOutputs
+    from m3fm.generation import DecodeConfig
     from m3fm.inputs import iter_inputs
+    from m3fm.models import default_model_dir
     from m3fm.progress import track
+    from m3fm.registry import get_registry
 
     if no_report and no_diagnosis:
         raise UsageError("--no-report with --no-diagnosis leaves nothing to do")
@@ -80,14 +96,19 @@ def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
                                   validation=model_validation(checkpoint))
     spec = get_registry().modality(modality)
     shard = Shard.from_env()
+    clinical = ClinicalOutputs(sr=sr_dir, fhir=fhir_dir, heatmaps=heatmaps_dir)
+    clinical.check()
     # --out is checked and locked before the model loads: a bad path fails in a second
     with joined(shard), ResultsJob(out, resume, shard) as job:
         model = load_model(checkpoint, reports=analysis.report or diagnosis_from != "image")
         decode = decoding(getattr(model, "decode", DecodeConfig()), bridge, beams,
                           memory_temperature, repetition_penalty, repeated_clauses)
+        if clinical:
+            clinical.start(model, analysis, model_identity(checkpoint or default_model_dir()))
         job.start()
         results = analyse_inputs(model, job.pending(iter_inputs(spec, paths)), analysis,
-                                 decode, workers=_checked(workers))
+                                 decode, workers=_checked(workers),
+                                 on_result=clinical if clinical else None)
         tally = emit_results(track(results, "analysing inputs"), out=job.sink,
                              as_json=as_json, render=_as_text)
         job.finish(lambda: iter_inputs(spec, paths))
@@ -110,6 +131,10 @@ def _as_text(result: dict) -> str:
     scored with prompts of another language than the result's says which, and a label the
     model was not validated on says so instead of looking like a measured probability."""
     lines = [result["input"]]
+    if result.get("ood"):
+        lines.append(f"  warning: unlike the {result['modality']} images this model was trained "
+                     f"on (score {result['ood_score']:.2f} > {result['ood_threshold']:.2f}); "
+                     "its report and probabilities are not reliable for this input")
     if "report" in result:
         lines.append(result["report"])
     used = result.get("prompt_languages", {})
@@ -120,6 +145,10 @@ def _as_text(result: dict) -> str:
         notes += ["unvalidated"] if label in unvalidated else []
         note = f" ({', '.join(notes)})" if notes else ""
         lines.append(f"  {label}: {p:.3f}{note}")
+    for kind, written in result.get("files", {}).items():
+        for path in written if isinstance(written, list) else [written]:
+            lines.append(f"  {kind}: {path}")
+    lines += [f"  note: {note}" for note in result.get("notes", ())]
     return "\n".join(lines) + "\n"
 
 
@@ -180,6 +209,7 @@ def _embed_inputs(embedder, modality: str | None, texts: Path | None,
                   paths: tuple[Path, ...]) -> Iterable:
     """What `embed` embeds, in order: the lines of `texts`, or the images PATHS name."""
     from m3fm.inputs import iter_inputs
+    from m3fm.registry import get_registry
 
     if texts is not None:
         return [line for line in texts.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -205,6 +235,7 @@ def _embedded_files(embedder, modality: str, inputs: Iterable[Path],
     """``{"input", "embedding"}`` or ``{"input", "error"}`` per image, a batch at a time."""
     from m3fm.analysis import input_batches
     from m3fm.progress import track
+    from m3fm.registry import get_registry
 
     spec = get_registry().modality(modality)
     batches = input_batches(spec, inputs, EMBED_BATCH, workers)

@@ -16,6 +16,7 @@
   const submit = $("submit");
   const statusLine = $("status");
   const errorBox = $("error");
+  const oodWarning = $("ood-warning");
   const meta = $("meta");
   const preview = $("preview");
   const previewCaption = $("preview-caption");
@@ -145,6 +146,8 @@
   function clearResults() {
     errorBox.hidden = true;
     errorBox.textContent = "";
+    oodWarning.hidden = true;
+    oodWarning.textContent = "";
     meta.textContent = "";
     report.textContent = "";
     report.classList.remove("empty");
@@ -220,6 +223,13 @@
     if (result.modality) parts.push(`modality ${result.modality}`);
     if (result.language) parts.push(`report language ${result.language}`);
     meta.textContent = parts.join(" · ");
+
+    if (result.ood) {
+      oodWarning.textContent = `This image is unlike the ${result.modality} images the model ` +
+        `was trained on (score ${result.ood_score} > ${result.ood_threshold}): the report and ` +
+        "probabilities below are not reliable for it.";
+      oodWarning.hidden = false;
+    }
 
     if (result.report === null || result.report === undefined) {
       report.textContent = "No report was requested.";
