@@ -98,6 +98,7 @@ def test_run_answers_what_m3fm_run_json_prints(client, model, images, capsys, op
     expected = json.loads(out) | {"input": "scan one.png"}
     answer = post_run(client, images[0], "scan one.png", **options)
     assert answer.status_code == 200 and answer.json() == expected
+    assert {"ood", "ood_score", "ood_threshold"} <= set(expected)  # the bundled model's flag
 
 
 def test_a_volume_in_nii_gz_is_read_by_its_suffix(client, tmp_path):
