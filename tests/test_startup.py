@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import REPO, run_cli
 from PIL import Image
 
 import m3fm.plugin_checks as plugin_checks
@@ -56,6 +56,22 @@ def test_the_registrys_names_load_on_first_use():
               get_registry().language("en").code)
     """)
     assert out.split() == ["False", "True", "LanguageSpec", "en"]
+
+
+def test_a_run_without_clinical_outputs_imports_none_of_their_libraries():
+    """highdicom, fhir.resources and captum are for --sr, --fhir and --heatmaps only."""
+    sample = REPO / "plugins" / "samples" / "ct.png"
+    out = _fresh_python(f"""
+        import sys
+        from m3fm.cli import main
+        try:
+            main(["run", "--plugin", "ct", "--no-report", {str(sample)!r}])
+        except SystemExit as exit:
+            assert exit.code in (0, None), exit.code
+        print(sorted({{name.split(".")[0] for name in sys.modules}} &
+                     {{"highdicom", "fhir", "captum"}}))
+    """)
+    assert out.strip().splitlines()[-1] == "[]"
 
 
 def test_a_picture_is_read_without_monai(tmp_path):

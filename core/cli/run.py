@@ -80,11 +80,8 @@ def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
     """
     from m3fm.analysis import analyse_inputs, model_validation, requested_analysis, split_labels
     from m3fm.batch_jobs import ResultsJob, Shard, joined
-    from m3fm.clinical.identity import model_identity
-    from m3fm.clinical.outputs import ClinicalOutputs
     from m3fm.generation import DecodeConfig
     from m3fm.inputs import iter_inputs
-    from m3fm.models import default_model_dir
     from m3fm.progress import track
     from m3fm.registry import get_registry
 
@@ -96,19 +93,18 @@ def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
                                   validation=model_validation(checkpoint))
     spec = get_registry().modality(modality)
     shard = Shard.from_env()
-    clinical = ClinicalOutputs(sr=sr_dir, fhir=fhir_dir, heatmaps=heatmaps_dir)
-    clinical.check()
+    clinical = _clinical_outputs(sr_dir, fhir_dir, heatmaps_dir)
     # --out is checked and locked before the model loads: a bad path fails in a second
     with joined(shard), ResultsJob(out, resume, shard) as job:
         model = load_model(checkpoint, reports=analysis.report or diagnosis_from != "image")
         decode = decoding(getattr(model, "decode", DecodeConfig()), bridge, beams,
                           memory_temperature, repetition_penalty, repeated_clauses)
-        if clinical:
-            clinical.start(model, analysis, model_identity(checkpoint or default_model_dir()))
+        if clinical is not None:
+            clinical.start(model, analysis, checkpoint)
         job.start()
         results = analyse_inputs(model, job.pending(iter_inputs(spec, paths)), analysis,
                                  decode, workers=_checked(workers),
-                                 on_result=clinical if clinical else None)
+                                 on_result=clinical)
         tally = emit_results(track(results, "analysing inputs"), out=job.sink,
                              as_json=as_json, render=_as_text)
         job.finish(lambda: iter_inputs(spec, paths))
@@ -117,6 +113,18 @@ def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
         click.echo(f"m3fm: every input already has a line in {shown_path(out)}", err=True)
     elif failed == done:
         raise M3fmError(f"no input could be processed ({failed} failed)")
+
+
+def _clinical_outputs(sr: Path | None, fhir: Path | None, heatmaps: Path | None):
+    """The ClinicalOutputs asked for, their folders checked; None when none is asked (their
+    libraries, highdicom, fhir.resources and captum, are then not imported)."""
+    if sr is None and fhir is None and heatmaps is None:
+        return None
+    from m3fm.clinical.outputs import ClinicalOutputs
+
+    clinical = ClinicalOutputs(sr=sr, fhir=fhir, heatmaps=heatmaps)
+    clinical.check()
+    return clinical
 
 
 def _checked(workers: int) -> int:

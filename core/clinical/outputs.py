@@ -20,11 +20,12 @@ import torch
 from m3fm.analysis import Analysis
 from m3fm.clinical.fhir import write_fhir
 from m3fm.clinical.heatmaps import write_heatmaps
-from m3fm.clinical.identity import ModelIdentity
+from m3fm.clinical.identity import ModelIdentity, model_identity
 from m3fm.clinical.saliency import label_directions, saliency_maps
 from m3fm.clinical.sr import dicom_headers, write_sr
 from m3fm.diagnosis.zeroshot import PromptClassifier
 from m3fm.embedding import Embedder
+from m3fm.models import default_model_dir
 from m3fm.outputs import OutputError, shown_path
 
 __all__ = ["ClinicalOutputs"]
@@ -46,9 +47,6 @@ class ClinicalOutputs:
     _identity: ModelIdentity | None = field(default=None, repr=False)
     _classifier: PromptClassifier | None = field(default=None, repr=False)
 
-    def __bool__(self) -> bool:
-        return any(folder is not None for folder in (self.sr, self.fhir, self.heatmaps))
-
     def check(self) -> None:
         """Create the folders asked for, refusing ones that cannot be written, at once."""
         for option, folder in self._folders():
@@ -62,9 +60,11 @@ class ClinicalOutputs:
             if not os.access(folder, os.W_OK):
                 raise OutputError(f"{option} {shown_path(folder)} is not writable")
 
-    def start(self, model: Embedder, analysis: Analysis, identity: ModelIdentity) -> None:
-        """Bind the loaded model; label prompts for heatmaps are embedded once, here."""
-        self._model, self._analysis, self._identity = model, analysis, identity
+    def start(self, model: Embedder, analysis: Analysis, model_dir: Path | None) -> None:
+        """Bind the model loaded from `model_dir` (None: the bundled one); label prompts for
+        heatmaps are embedded once, here."""
+        self._model, self._analysis = model, analysis
+        self._identity = model_identity(model_dir or default_model_dir())
         if self.heatmaps is not None and analysis.labels:
             self._classifier = PromptClassifier(model, analysis.labels,
                                                 model.language(analysis.lang))
