@@ -51,9 +51,15 @@ def test_a_dicom_input_gets_an_sr_fhir_and_heatmaps_named_in_its_result(clinical
     assert report["resourceType"] in ("DiagnosticReport", "Bundle")
     assert result["report"] in json.dumps(report, ensure_ascii=False)
     assert {Path(path).parent for path in files["heatmaps"]} == {out / "heatmaps"}
-    assert len(files["heatmaps"]) == len(result["diagnosis"]) + 1  # each label and the report
-    with Image.open(files["heatmaps"][0]) as picture:
+    pngs = [path for path in files["heatmaps"] if path.endswith(".png")]
+    captures = [path for path in files["heatmaps"] if path.endswith(".sc.dcm")]
+    assert len(pngs) == len(captures) == len(result["diagnosis"]) + 1  # labels and the report
+    with Image.open(pngs[0]) as picture:
         assert picture.format == "PNG"
+    capture = pydicom.dcmread(captures[0])
+    assert capture.StudyInstanceUID == source.StudyInstanceUID
+    assert capture.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image
+    assert capture.pixel_array.shape[-1] == 3 and list(capture.PatientOrientation) == ["L", "P"]
     assert "notes" not in result
 
 
@@ -61,6 +67,7 @@ def test_a_picture_gets_fhir_and_heatmaps_and_a_note_instead_of_an_sr(clinical_r
     out, results = clinical_run
     result = results["slice.png"]
     assert "sr" not in result["files"] and Path(result["files"]["fhir"]).is_file()
+    assert all(path.endswith(".png") for path in result["files"]["heatmaps"])
     assert result["notes"] == ["no DICOM SR: the input is not DICOM"]
     assert sorted(path.name for path in (out / "sr").iterdir()) == [
         Path(results["ct_small.dcm"]["files"]["sr"]).name]

@@ -39,10 +39,9 @@ def display_image(image: torch.Tensor) -> np.ndarray:
     return scaled.reshape(image.shape[1:]).numpy().astype(np.uint8)
 
 
-def write_heatmaps(image: torch.Tensor, maps: Mapping[str, torch.Tensor], source: Path,
-                   out_dir: Path) -> list[Path]:
-    """One PNG overlay per target, ``output_path(out_dir, source, ".<target>.png")``, each
-    written to a partial file first and renamed, so a reader never sees half a picture."""
+def overlays(image: torch.Tensor, maps: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Per target, its file-safe name and the overlay picture (H, W, 3) uint8, a volume's
+    slices tiled into one picture."""
     import matplotlib
 
     colormap = matplotlib.colormaps[COLORMAP]
@@ -50,8 +49,7 @@ def write_heatmaps(image: torch.Tensor, maps: Mapping[str, torch.Tensor], source
     if len(set(names.values())) < len(names):
         raise UsageError(f"saliency targets {', '.join(maps)} share a file name")
     grey = display_image(image).astype(np.float32)[..., None]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    pictures = {}
     for target, saliency in maps.items():
         values = saliency.float().clamp(0, 1).numpy()
         if values.shape != grey.shape[:-1]:
@@ -60,8 +58,19 @@ def write_heatmaps(image: torch.Tensor, maps: Mapping[str, torch.Tensor], source
         opacity = MAX_OPACITY * values[..., None]
         colour = colormap(values)[..., :3] * 255
         overlay = ((1 - opacity) * grey + opacity * colour).round().astype(np.uint8)
-        path = output_path(out_dir, source, f".{names[target]}.png")
-        _write_png(_tiled(overlay) if overlay.ndim == 4 else overlay, path)
+        pictures[names[target]] = _tiled(overlay) if overlay.ndim == 4 else overlay
+    return pictures
+
+
+def write_heatmaps(image: torch.Tensor, maps: Mapping[str, torch.Tensor], source: Path,
+                   out_dir: Path) -> list[Path]:
+    """One PNG overlay per target, ``output_path(out_dir, source, ".<target>.png")``, each
+    written to a partial file first and renamed, so a reader never sees half a picture."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, picture in overlays(image, maps).items():
+        path = output_path(out_dir, source, f".{name}.png")
+        _write_png(picture, path)
         written.append(path)
     return written
 

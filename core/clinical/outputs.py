@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from m3fm.analysis import Analysis
+from m3fm.clinical.captures import write_secondary_captures
 from m3fm.clinical.fhir import write_fhir
-from m3fm.clinical.heatmaps import write_heatmaps
+from m3fm.clinical.heatmaps import overlays, write_heatmaps
 from m3fm.clinical.identity import ModelIdentity, model_identity
 from m3fm.clinical.saliency import label_directions, saliency_maps
 from m3fm.clinical.sr import dicom_headers, write_sr
@@ -74,7 +75,7 @@ class ClinicalOutputs:
         source = Path(str(result["input"]))
         files: dict[str, object] = {}
         notes: list[str] = []
-        headers = dicom_headers(source) if self.sr or self.fhir else []
+        headers = dicom_headers(source) if self.sr or self.fhir or self.heatmaps else []
         if self.sr is not None:
             if headers:
                 self._write("sr", "--sr", self.sr, files, notes,
@@ -86,15 +87,16 @@ class ClinicalOutputs:
                         lambda: write_fhir(result, headers, self._identity, self.fhir))
         if self.heatmaps is not None:
             self._write("heatmaps", "--heatmaps", self.heatmaps, files, notes,
-                        lambda: self._heatmaps(result, image, source))
+                        lambda: self._heatmaps(result, image, source, headers))
         if files:
             result["files"] = files
         if notes:
             result["notes"] = notes
 
-    def _heatmaps(self, result: dict[str, object], image: torch.Tensor,
-                  source: Path) -> list[str]:
-        """One map per scored label and one for the report, each as a PNG overlay."""
+    def _heatmaps(self, result: dict[str, object], image: torch.Tensor, source: Path,
+                  headers: list) -> list[str]:
+        """One map per scored label and one for the report, each as a PNG overlay and, for a
+        DICOM slice, as a Secondary Capture in its study."""
         analysis, model = self._analysis, self._model
         targets = label_directions(self._classifier) if self._classifier is not None else {}
         if "report" in result:
@@ -102,7 +104,10 @@ class ClinicalOutputs:
         if not targets:
             return []
         maps = saliency_maps(model, image, analysis.modality, targets)
-        return [str(path) for path in write_heatmaps(image, maps, source, self.heatmaps)]
+        written = write_heatmaps(image, maps, source, self.heatmaps)
+        written += write_secondary_captures(overlays(image, maps), headers, self._identity,
+                                            source, self.heatmaps)
+        return [str(path) for path in written]
 
     @staticmethod
     def _write(key: str, option: str, folder: Path, files: dict, notes: list[str],
