@@ -55,8 +55,8 @@ WORKERS = click.option(
 @click.option("--fhir", "fhir_dir", type=PathArg, metavar="DIR",
               help="Write an HL7 FHIR R4 DiagnosticReport (JSON) per input here.")
 @click.option("--heatmaps", "heatmaps_dir", type=PathArg, metavar="DIR",
-              help="Write saliency overlays (PNG) per input here: one per label, one for the "
-              "report.")
+              help="Write saliency overlays per input here, one per label and one for the "
+              "report: PNG, and for a DICOM slice also a DICOM Secondary Capture.")
 @WORKERS
 @click.argument("paths", nargs=-1, required=True, type=PathArg)
 def run(modality: str, language: str, checkpoint: Path | None, out: Path | None,
