@@ -10,6 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from click.testing import CliRunner
+from clinical_fixtures import write_series
 from conftest import REPO, run_cli
 from PIL import Image
 from pydicom.data import get_testdata_file
@@ -96,3 +97,13 @@ def test_an_output_folder_that_is_a_file_is_refused_before_the_model_loads(input
                            str(inputs[0]))
     assert code != 0
     assert err.strip() == f"m3fm: error: --fhir {blocker} is a file; give a folder"
+
+
+def test_a_series_folder_gets_png_heatmaps_but_no_secondary_capture(inputs, tmp_path):
+    series = write_series(tmp_path / "series")  # read as a volume, resampled and reoriented
+    result = CliRunner().invoke(cli, ["run", "--plugin", "ct", "--no-report", "--json",
+                                      "--heatmaps", str(tmp_path / "maps"), str(series)])
+    assert result.exit_code == 0, result.output
+    [line] = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert line["input"] == str(series)
+    assert [Path(path).suffix for path in line["files"]["heatmaps"]] == [".png"]

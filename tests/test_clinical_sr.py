@@ -4,7 +4,6 @@ Results are built by hand, so no model is loaded."""
 
 from __future__ import annotations
 
-import copy
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -13,12 +12,12 @@ from pathlib import Path
 import highdicom.sr as hsr
 import pydicom
 import pytest
-from clinical_fixtures import ZH_REPORT
+from clinical_fixtures import ZH_REPORT, write_series
 from clinical_fixtures import zh_result as clinical_result
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.uid import ComprehensiveSRStorage, generate_uid
+from pydicom.uid import ComprehensiveSRStorage
 
 from m3fm.clinical import output_path
 from m3fm.clinical.identity import ModelIdentity, model_identity
@@ -36,20 +35,7 @@ def zh_result(source: Path) -> dict:
 
 @pytest.fixture
 def series(tmp_path) -> Path:
-    """A folder of 3 slices of one series: CT_small with new instance UIDs and positions."""
-    folder = tmp_path / "series"
-    folder.mkdir()
-    template = pydicom.dcmread(CT_SMALL)
-    series_uid = generate_uid()
-    for number in range(1, 4):
-        dataset = copy.deepcopy(template)
-        dataset.SOPInstanceUID = generate_uid()
-        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-        dataset.SeriesInstanceUID = series_uid
-        dataset.InstanceNumber = number
-        dataset.ImagePositionPatient = [0.0, 0.0, 5.0 * number]
-        dataset.save_as(folder / f"slice{number}.dcm")
-    return folder
+    return write_series(tmp_path / "series")
 
 
 def items(content: Dataset) -> Iterator[Dataset]:

@@ -105,8 +105,9 @@ class ClinicalOutputs:
             return []
         maps = saliency_maps(model, image, analysis.modality, targets)
         written = write_heatmaps(image, maps, source, self.heatmaps)
-        written += write_secondary_captures(overlays(image, maps), headers, self._identity,
-                                            source, self.heatmaps)
+        if image.ndim == 3:  # one slice (C, H, W): a volume or series is reoriented first
+            written += write_secondary_captures(overlays(image, maps), headers, self._identity,
+                                                source, self.heatmaps)
         return [str(path) for path in written]
 
     @staticmethod
