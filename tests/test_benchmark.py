@@ -79,6 +79,19 @@ def test_a_finished_model_is_reused_and_a_foreign_one_refused(tmp_path):
     assert not suite._reusable(Stage("cov-ctr-zh-zeroshot", "cov-ctr", align="cov-ctr-align"))
 
 
+def test_an_unmeasured_alignment_model_is_trained_only_for_a_generator_to_train(tmp_path):
+    suite = Benchmark(data_folder(tmp_path / "data"), tmp_path / "runs")
+    align, generator = (Stage("m3fm-small-align", "."),
+                        Stage("m3fm-small", ".", align="m3fm-small-align"))
+    assert not suite._feeds_only_trained_models(align)
+    final = suite.model_dir("m3fm-small")
+    final.mkdir(parents=True)
+    (final / "metadata.json").write_text(json.dumps({"task": {"recipe": {"name": "m3fm-small"}}}))
+    assert suite._reusable(generator) and suite._feeds_only_trained_models(align)
+    # a measured alignment model is trained even when its generators are all there
+    assert not suite._feeds_only_trained_models(Stage("cov-ctr-align", "cov-ctr"))
+
+
 def test_quick_runs_keep_their_tiny_models_apart(tmp_path):
     suite = Benchmark(data_folder(tmp_path / "data"), tmp_path / "runs", quick=True)
     assert suite.model_dir("m3fm-small") == tmp_path / "runs" / "quick" / "m3fm-small" / "final"
