@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_model
 
 import m3fm
@@ -118,6 +118,17 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     naming the file when it is cut short or not safetensors at all."""
     try:
         return load_file(str(path))
+    except SafetensorError as error:
+        raise CheckpointError(
+            f"{path}: not a complete safetensors file ({error}); {DAMAGED}"
+        ) from None
+
+
+def read_safetensors_metadata(path: Path) -> dict[str, str]:
+    """The string metadata a safetensors file's header carries (empty when it has none)."""
+    try:
+        with safe_open(str(path), framework="pt") as opened:
+            return opened.metadata() or {}
     except SafetensorError as error:
         raise CheckpointError(
             f"{path}: not a complete safetensors file ({error}); {DAMAGED}"

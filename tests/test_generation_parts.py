@@ -4,12 +4,13 @@ baselines and recipes."""
 from __future__ import annotations
 
 import pytest
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from generation_fixtures import overfit
 
 from m3fm.alignment.retrieval import RetrievalSet
-from m3fm.generation.bridge import MemoryBank, bridge
+from m3fm.generation.bridge import BANK_FILE, MemoryBank, bridge
 from m3fm.generation.config import DecodeConfig, GeneratorConfig
 from m3fm.generation.evaluation import baseline_reports
 from m3fm.generation.model import IGNORE_INDEX, MultiMedLM
@@ -126,6 +127,27 @@ def test_memory_bank_round_trips_through_a_file(tmp_path):
     bank.save(tmp_path)
     loaded = MemoryBank.load(tmp_path)
     assert torch.allclose(loaded.embeddings["en"], bank.embeddings["en"], atol=1e-3)
+
+
+def test_a_language_bank_made_of_its_modalities_banks_is_stored_once(tmp_path):
+    ct, cxr, zh = (F.normalize(torch.randn(n, 4), dim=-1) for n in (3, 5, 2))
+    bank = MemoryBank({"ct/en": ct, "cxr/en": cxr, "en": torch.cat([ct, cxr]), "zh": zh})
+    bank.save(tmp_path)
+    stored = safetensors.torch.load_file(str(tmp_path / BANK_FILE))
+    assert set(stored) == {"ct/en", "cxr/en", "zh"}  # en is ct/en then cxr/en
+    loaded = MemoryBank.load(tmp_path)
+    assert list(loaded.embeddings) == list(bank.embeddings) and loaded.languages == ("en", "zh")
+    for key, vectors in bank.embeddings.items():
+        assert torch.allclose(loaded.embeddings[key], vectors, atol=1e-3)
+    # a language bank in another order is a different bank: stored in full
+    MemoryBank({"ct/en": ct, "cxr/en": cxr, "en": torch.cat([cxr, ct])}).save(tmp_path)
+    assert "en" in safetensors.torch.load_file(str(tmp_path / BANK_FILE))
+
+
+def test_a_bank_file_without_metadata_still_loads(tmp_path):
+    vectors = F.normalize(torch.randn(3, 4), dim=-1)
+    safetensors.torch.save_file({"en": vectors.half()}, str(tmp_path / BANK_FILE))
+    assert torch.allclose(MemoryBank.load(tmp_path).embeddings["en"], vectors, atol=1e-3)
 
 
 class _NearestFirst:

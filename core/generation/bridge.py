@@ -9,17 +9,20 @@ and relies on the noise the generator was trained with.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from m3fm.checkpoint import read_safetensors
+from m3fm.checkpoint import read_safetensors, read_safetensors_metadata
 from m3fm.generation.config import DecodeConfig
 from m3fm.registry import InputError
 
 BANK_FILE = "memory_bank.safetensors"
+COMPOSED_KEY = "composed"
+"""Bank file metadata: the keys stored as the concatenation of others, by JSON list."""
 
 
 class MemoryBank:
@@ -64,16 +67,32 @@ class MemoryBank:
         return F.normalize(weights @ bank, dim=-1)
 
     def save(self, directory: Path) -> None:
-        # Half precision: the bank only steers a softmax, and it halves the file.
+        """Writes the bank in half precision (it only steers a softmax).  A language's bank
+        that is exactly its modalities' banks one after the other (``en`` = ``ct/en`` then
+        ``cxr/en``) is stored as that list of keys, not a second copy of the same rows."""
         tensors = {key: vectors.half().contiguous() for key, vectors in self.embeddings.items()}
-        save_file(tensors, str(directory / BANK_FILE))
+        composed = {}
+        for language in self.languages:
+            parts = [key for key in tensors if key.endswith(f"/{language}")]
+            if parts and torch.equal(tensors[language], torch.cat([tensors[k] for k in parts])):
+                composed[language] = parts
+        stored = {key: vectors for key, vectors in tensors.items() if key not in composed}
+        order = list(tensors)  # the keys' order is the languages' order
+        save_file(stored, str(directory / BANK_FILE),
+                  metadata={COMPOSED_KEY: json.dumps(composed), "order": json.dumps(order)})
 
     @classmethod
     def load(cls, directory: Path) -> MemoryBank:
         path = directory / BANK_FILE
         if not path.is_file():
             raise InputError(f"{directory}: not an m3fm report model (no {BANK_FILE})")
-        return cls(read_safetensors(path))
+        tensors = read_safetensors(path)
+        metadata = read_safetensors_metadata(path)
+        composed = json.loads(metadata.get(COMPOSED_KEY, "{}"))
+        for key, parts in composed.items():
+            tensors[key] = torch.cat([tensors[part] for part in parts])
+        order = json.loads(metadata.get("order", "[]")) or list(tensors)
+        return cls({key: tensors[key] for key in order})
 
 
 def bridge(
