@@ -126,6 +126,7 @@ DIAGNOSIS_SETS = (
     # data folder, modality, label, alignment model, report models per language
     ("cov-ctr", "ct", "covid19", "cov-ctr-align",
      {"zh": "cov-ctr-zh-zeroshot", "en": "cov-ctr-en-zeroshot"}),
+    ("cov-ctr", "ct", "covid19", "m3fm-small", {"zh": "m3fm-small", "en": "m3fm-small"}),
     ("covid-cxr", "cxr", "covid19", "m3fm-small", {"zh": "m3fm-small", "en": "m3fm-small"}),
     ("covid-cxr", "cxr", "covid19", "multidomain-align", {}),
 )
@@ -223,8 +224,7 @@ class Benchmark:
         results: dict[str, object] = {"meta": self._meta(), "report": [], "retrieval": [],
                                       "diagnosis": []}
         trained = {stage.recipe for stage in self.stages}
-        generators = ", ".join(s.recipe for s in self.stages
-                               if s.recipe.startswith("cov-ctr-") and s.align is not None)
+        generators = ", ".join(self._built_in_generators())
         steps: list[tuple[str, str, Callable, tuple]] = [
             ("report", f"report generation on cov-ctr with {generators}",
              self._report_generation, ()),
@@ -310,13 +310,18 @@ class Benchmark:
                                         limit=self.scale.per_class).paths)
         return [r for r in records if r.image in kept]
 
+    def _built_in_generators(self) -> list[str]:
+        """The report models scored on COV-CTR's CT images: the paper's settings, then the
+        bundled m3fm-small (CT and X-ray, so it comes last: the first model's modalities
+        choose the images)."""
+        return [s.recipe for s in self.stages if s.align is not None and s not in self.extras]
+
     def _report_generation(self) -> list[dict[str, object]]:
         from m3fm.generation.evaluation import evaluate_report_models
         from m3fm.generation.reporting import ReportModel
 
-        models = {stage.recipe: ReportModel.from_pretrained(self.model_dir(stage.recipe))
-                  for stage in self.stages if stage.recipe.startswith("cov-ctr-")
-                  and stage.align is not None}
+        models = {recipe: ReportModel.from_pretrained(self.model_dir(recipe))
+                  for recipe in self._built_in_generators()}
         return evaluate_report_models(models, self._records("cov-ctr", "ct"),
                                       split=self.split).rows
 
