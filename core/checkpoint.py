@@ -174,6 +174,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     _fsync_directory(path.parent)
 
 
+def give_umask_mode(path: Path) -> None:
+    """Give a written file the mode an ordinary new file gets (0o666 less the umask).
+
+    safetensors 0.8 writes through a temporary file created 0600 and renamed into place
+    (safetensors issue #782), so a model trained on a shared server would be readable by
+    its owner only, unlike the JSON files beside it.
+    """
+    mask = os.umask(0o077)  # reading the umask means setting it: set straight back
+    os.umask(mask)
+    path.chmod(0o666 & ~mask)
+
+
 def write_directory_atomically(target: Path, fill: Callable[[Path], None]) -> Path:
     """Create (or replace) directory `target` with what `fill` writes into an empty directory.
 
@@ -188,6 +200,9 @@ def write_directory_atomically(target: Path, fill: Callable[[Path], None]) -> Pa
     partial.mkdir()
     try:
         fill(partial)
+        for path in partial.rglob("*"):
+            if path.is_file():
+                give_umask_mode(path)
         _fsync_tree(partial)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

@@ -76,6 +76,9 @@ def test_embed_images_keeps_going_past_a_bad_file(trained, capsys, tmp_path):
                            str(tmp_path / "missing.png"))
     assert code == 1 and "missing.png: no such file or folder" in err
     assert load_file(out)["embeddings"].shape == (1, 16)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not safetensors' 0600
 
 
 def test_existing_run_is_not_overwritten(trained, capsys):

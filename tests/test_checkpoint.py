@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from m3fm.checkpoint import (
@@ -129,3 +131,19 @@ def test_copy_leaves_out_files_and_replaces_the_target(tmp_path):
     (target / "stale.json").write_text(json.dumps({}))
     copy_checkpoint(source, target, exclude=["training_state.pt"])
     assert sorted(p.name for p in target.iterdir()) == ["metadata.json", WEIGHTS_NAME]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_saved_weights_are_as_readable_as_the_json_beside_them(tmp_path):
+    # safetensors 0.8 creates its files 0600 whatever the umask (safetensors issue #782)
+    def fill(directory):
+        save_file({"w": torch.ones(2)}, str(directory / "model.safetensors"))
+        (directory / "config.json").write_text("{}")
+
+    previous = os.umask(0o022)
+    try:
+        folder = write_directory_atomically(tmp_path / "model", fill)
+    finally:
+        os.umask(previous)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in folder.iterdir()}
+    assert modes == {"model.safetensors": 0o644, "config.json": 0o644}

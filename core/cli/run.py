@@ -266,6 +266,8 @@ def _save_embeddings(results: Iterable[dict], out: Path) -> Tally:
     import torch
     from safetensors.torch import save_file
 
+    from m3fm.checkpoint import give_umask_mode
+
     kept: list[dict] = []
 
     def keep(results: Iterable[dict]) -> Iterator[dict]:
@@ -282,6 +284,7 @@ def _save_embeddings(results: Iterable[dict], out: Path) -> Tally:
     partial = out.with_name(f".{out.name}.partial")
     try:
         save_file({"embeddings": vectors}, str(partial), metadata={"inputs": json_text(inputs)})
+        give_umask_mode(partial)
         os.replace(partial, out)
     except OSError as error:
         partial.unlink(missing_ok=True)
