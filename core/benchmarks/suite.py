@@ -418,7 +418,8 @@ class Benchmark:
             "command": command, "split": self.split, "quick": self.quick,
             "m3fm_version": __version__, "git_commit": provenance()["git_commit"],
             "hardware": hardware(), "date": time.strftime("%Y-%m-%d"),
-            "models": {s.recipe: str(self.model_dir(s.recipe)) for s in self.stages},
+            "models": {s.recipe: str(self.model_dir(s.recipe)) for s in self.stages
+                       if self.model_dir(s.recipe).is_dir()},  # not an unneeded, untrained one
             "extra_recipes": [s.recipe for s in self.extras],
         }
 
