@@ -208,7 +208,8 @@ def test_steps_the_data_cannot_serve_are_skipped_and_named(tmp_path, monkeypatch
                           "reason": "split 'val' has no ct images labelled 'nodule'"}
     assert skipped[0]["step"].startswith("retrieval on cov-ctr")
     assert all("no finding extractor" in entry["reason"] for entry in skipped[1:])
-    assert len(skipped) == 3  # retrieval, and diagnosis with cov-ctr-align and m3fm-small
+    # retrieval, and diagnosis with cov-ctr-align and with m3fm-small on cov-ctr and covid-cxr
+    assert len(skipped) == 4
     assert published[-1]["meta"]["skipped"] == skipped
     markdown = render_markdown(results | {"meta": results["meta"] | {"timings_s": {}}})
     assert "**Not measured**" in markdown
