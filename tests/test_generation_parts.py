@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from generation_fixtures import overfit
 
 from m3fm.alignment.retrieval import RetrievalSet
+from m3fm.checkpoint import CheckpointError
 from m3fm.generation.bridge import BANK_FILE, MemoryBank, bridge
 from m3fm.generation.config import DecodeConfig, GeneratorConfig
 from m3fm.generation.evaluation import baseline_reports
@@ -142,6 +143,19 @@ def test_a_language_bank_made_of_its_modalities_banks_is_stored_once(tmp_path):
     # a language bank in another order is a different bank: stored in full
     MemoryBank({"ct/en": ct, "cxr/en": cxr, "en": torch.cat([cxr, ct])}).save(tmp_path)
     assert "en" in safetensors.torch.load_file(str(tmp_path / BANK_FILE))
+
+
+@pytest.mark.parametrize("metadata", [
+    {"composed": "{not json"},
+    {"composed": '{"en": ["ct/en", "absent/en"]}'},
+    {"composed": '["en"]'},
+    {"order": '["en", "fr"]'},
+])
+def test_a_bank_file_whose_metadata_lies_is_one_checkpoint_error(tmp_path, metadata):
+    tensors = {"ct/en": torch.ones(2, 4).half(), "en": torch.ones(2, 4).half()}
+    safetensors.torch.save_file(tensors, str(tmp_path / BANK_FILE), metadata=metadata)
+    with pytest.raises(CheckpointError, match="metadata does not match its tensors"):
+        MemoryBank.load(tmp_path)
 
 
 def test_a_bank_file_without_metadata_still_loads(tmp_path):

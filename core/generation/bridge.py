@@ -16,13 +16,19 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from m3fm.checkpoint import read_safetensors, read_safetensors_metadata
+from m3fm.checkpoint import (
+    DAMAGED,
+    CheckpointError,
+    read_safetensors,
+    read_safetensors_metadata,
+)
 from m3fm.generation.config import DecodeConfig
 from m3fm.registry import InputError
 
 BANK_FILE = "memory_bank.safetensors"
-COMPOSED_KEY = "composed"
-"""Bank file metadata: the keys stored as the concatenation of others, by JSON list."""
+COMPOSED_KEY, ORDER_KEY = "composed", "order"
+"""Bank file metadata (JSON): the keys stored as the concatenation of others, by their list
+of parts; and every key in the bank's order, which is the order of its languages."""
 
 
 class MemoryBank:
@@ -77,9 +83,8 @@ class MemoryBank:
             if parts and torch.equal(tensors[language], torch.cat([tensors[k] for k in parts])):
                 composed[language] = parts
         stored = {key: vectors for key, vectors in tensors.items() if key not in composed}
-        order = list(tensors)  # the keys' order is the languages' order
-        save_file(stored, str(directory / BANK_FILE),
-                  metadata={COMPOSED_KEY: json.dumps(composed), "order": json.dumps(order)})
+        metadata = {COMPOSED_KEY: json.dumps(composed), ORDER_KEY: json.dumps(list(tensors))}
+        save_file(stored, str(directory / BANK_FILE), metadata=metadata)
 
     @classmethod
     def load(cls, directory: Path) -> MemoryBank:
@@ -88,11 +93,14 @@ class MemoryBank:
             raise InputError(f"{directory}: not an m3fm report model (no {BANK_FILE})")
         tensors = read_safetensors(path)
         metadata = read_safetensors_metadata(path)
-        composed = json.loads(metadata.get(COMPOSED_KEY, "{}"))
-        for key, parts in composed.items():
-            tensors[key] = torch.cat([tensors[part] for part in parts])
-        order = json.loads(metadata.get("order", "[]")) or list(tensors)
-        return cls({key: tensors[key] for key in order})
+        try:
+            for key, parts in json.loads(metadata.get(COMPOSED_KEY, "{}")).items():
+                tensors[key] = torch.cat([tensors[part] for part in parts])
+            order = json.loads(metadata.get(ORDER_KEY, "[]")) or list(tensors)
+            return cls({key: tensors[key] for key in order})
+        except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as error:
+            raise CheckpointError(f"{path}: its metadata does not match its tensors "
+                                  f"({type(error).__name__}: {error}); {DAMAGED}") from None
 
 
 def bridge(
