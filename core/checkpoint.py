@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 
 import m3fm
 from m3fm.registry.errors import M3fmError
@@ -56,7 +56,7 @@ def save_model_files(
     Not atomic by itself: call it inside :func:`write_directory_atomically`. Tied (shared)
     tensors are stored once; :func:`load_model_weights` re-ties them.
     """
-    save_model(model, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    save_model_file(model, directory / WEIGHTS_NAME, metadata={"format": "pt"})
     if artifacts is not None:
         artifacts(directory)
     record = {**metadata, **provenance()}
@@ -116,23 +116,48 @@ def read_json_object(path: Path) -> dict[str, Any]:
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file (which holds data only, never code), or one line
     naming the file when it is cut short or not safetensors at all."""
-    try:
-        return load_file(str(path))
-    except SafetensorError as error:
-        raise CheckpointError(
-            f"{path}: not a complete safetensors file ({error}); {DAMAGED}"
-        ) from None
+    return read_safetensors_with_metadata(path)[0]
 
 
-def read_safetensors_metadata(path: Path) -> dict[str, str]:
-    """The string metadata a safetensors file's header carries (empty when it has none)."""
+def read_safetensors_with_metadata(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors of a safetensors file and the string metadata of its header (empty when
+    it has none), read in one opening; damage is one line as in :func:`read_safetensors`."""
     try:
         with safe_open(str(path), framework="pt") as opened:
-            return opened.metadata() or {}
+            tensors = {key: opened.get_tensor(key) for key in opened.keys()}  # noqa: SIM118
+            return tensors, opened.metadata() or {}
     except SafetensorError as error:
         raise CheckpointError(
             f"{path}: not a complete safetensors file ({error}); {DAMAGED}"
         ) from None
+
+
+def save_tensor_file(tensors: dict[str, torch.Tensor], path: Path,
+                     metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file``, leaving the file readable as the umask says."""
+    save_file(tensors, str(path), metadata=metadata)
+    _give_umask_mode(path)
+
+
+def save_model_file(model: torch.nn.Module, path: Path,
+                    metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_model`` (tied tensors stored once), leaving the file readable
+    as the umask says."""
+    save_model(model, str(path), metadata=metadata)
+    _give_umask_mode(path)
+
+
+def _give_umask_mode(path: Path) -> None:
+    """Give a written file the mode an ordinary new file gets (0o666 less the umask).
+
+    safetensors 0.8 writes through a temporary file created 0600 and renamed into place
+    (safetensors issue #782), so a model trained on a shared server would be readable by
+    its owner only, unlike the JSON files beside it.  Every m3fm safetensors write goes
+    through :func:`save_tensor_file` or :func:`save_model_file`, which call this.
+    """
+    mask = os.umask(0o077)  # reading the umask means setting it: set straight back
+    os.umask(mask)
+    Path(path).chmod(0o666 & ~mask)
 
 
 def provenance() -> dict[str, Any]:
@@ -174,18 +199,6 @@ def atomic_write_text(path: Path, text: str) -> None:
     _fsync_directory(path.parent)
 
 
-def give_umask_mode(path: Path) -> None:
-    """Give a written file the mode an ordinary new file gets (0o666 less the umask).
-
-    safetensors 0.8 writes through a temporary file created 0600 and renamed into place
-    (safetensors issue #782), so a model trained on a shared server would be readable by
-    its owner only, unlike the JSON files beside it.
-    """
-    mask = os.umask(0o077)  # reading the umask means setting it: set straight back
-    os.umask(mask)
-    path.chmod(0o666 & ~mask)
-
-
 def write_directory_atomically(target: Path, fill: Callable[[Path], None]) -> Path:
     """Create (or replace) directory `target` with what `fill` writes into an empty directory.
 
@@ -200,9 +213,6 @@ def write_directory_atomically(target: Path, fill: Callable[[Path], None]) -> Pa
     partial.mkdir()
     try:
         fill(partial)
-        for path in partial.rglob("*"):
-            if path.is_file():
-                give_umask_mode(path)
         _fsync_tree(partial)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from conftest import REPO
 from torch import nn
 
 from m3fm.checkpoint import (
@@ -18,7 +19,9 @@ from m3fm.checkpoint import (
     copy_checkpoint,
     load_model_weights,
     read_metadata,
+    save_model_file,
     save_model_files,
+    save_tensor_file,
     write_directory_atomically,
 )
 
@@ -137,7 +140,8 @@ def test_copy_leaves_out_files_and_replaces_the_target(tmp_path):
 def test_saved_weights_are_as_readable_as_the_json_beside_them(tmp_path):
     # safetensors 0.8 creates its files 0600 whatever the umask (safetensors issue #782)
     def fill(directory):
-        save_file({"w": torch.ones(2)}, str(directory / "model.safetensors"))
+        save_tensor_file({"w": torch.ones(2)}, directory / "tensors.safetensors")
+        save_model_file(nn.Linear(2, 2), directory / "model.safetensors")
         (directory / "config.json").write_text("{}")
 
     previous = os.umask(0o022)
@@ -146,4 +150,16 @@ def test_saved_weights_are_as_readable_as_the_json_beside_them(tmp_path):
     finally:
         os.umask(previous)
     modes = {path.name: path.stat().st_mode & 0o777 for path in folder.iterdir()}
-    assert modes == {"model.safetensors": 0o644, "config.json": 0o644}
+    assert modes == {"tensors.safetensors": 0o644, "model.safetensors": 0o644,
+                     "config.json": 0o644}
+
+
+def test_every_safetensors_file_is_written_through_the_checkpoint_helpers():
+    """The mode fix above lives in two helpers: a module calling safetensors' own writers
+    would bring the 0600 files back."""
+    writer = re.compile(r"from safetensors\.torch import[^\n]*\b(save_file|save_model)\b")
+    sources = [path for folder in ("core", "plugins", "registry")
+               for path in (REPO / folder).rglob("*.py")]
+    assert len(sources) > 50
+    assert [str(path.relative_to(REPO)) for path in sources
+            if writer.search(path.read_text(encoding="utf-8"))] == ["core/checkpoint.py"]

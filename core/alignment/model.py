@@ -15,12 +15,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
-from safetensors.torch import save_model
 from torch import nn
 from transformers import CONFIG_MAPPING, AutoModel, BertConfig, PreTrainedTokenizerFast
 
 from m3fm.alignment.config import AlignModelConfig
-from m3fm.checkpoint import CheckpointError, load_model_weights, read_json_object
+from m3fm.checkpoint import (
+    CheckpointError,
+    load_model_weights,
+    read_json_object,
+    save_model_file,
+)
 from m3fm.registry import EncoderOptions, InputError, get_registry
 from m3fm.safe_loading import check_checkpoint_folder
 from m3fm.tokenizer import load_tokenizer
@@ -126,7 +130,7 @@ class MultiMedCLIP(nn.Module):
         """Write a checkpoint directory that :meth:`from_pretrained` reads back."""
         path = Path(path)
         self.save_config(path)
-        save_model(self, str(path / WEIGHTS_FILE))
+        save_model_file(self, path / WEIGHTS_FILE)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> MultiMedCLIP:

@@ -264,9 +264,8 @@ def _save_embeddings(results: Iterable[dict], out: Path) -> Tally:
     """All vectors in one .safetensors file, written atomically (a crash leaves no half
     file); failed inputs are reported on stderr as they come."""
     import torch
-    from safetensors.torch import save_file
 
-    from m3fm.checkpoint import give_umask_mode
+    from m3fm.checkpoint import save_tensor_file
 
     kept: list[dict] = []
 
@@ -283,8 +282,7 @@ def _save_embeddings(results: Iterable[dict], out: Path) -> Tally:
     inputs = [result["input"] for result in kept]
     partial = out.with_name(f".{out.name}.partial")
     try:
-        save_file({"embeddings": vectors}, str(partial), metadata={"inputs": json_text(inputs)})
-        give_umask_mode(partial)
+        save_tensor_file({"embeddings": vectors}, partial, metadata={"inputs": json_text(inputs)})
         os.replace(partial, out)
     except OSError as error:
         partial.unlink(missing_ok=True)

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from m3fm.checkpoint import (
     DAMAGED,
     CheckpointError,
-    read_safetensors,
-    read_safetensors_metadata,
+    read_safetensors_with_metadata,
+    save_tensor_file,
 )
 from m3fm.generation.config import DecodeConfig
 from m3fm.registry import InputError
@@ -84,15 +83,14 @@ class MemoryBank:
                 composed[language] = parts
         stored = {key: vectors for key, vectors in tensors.items() if key not in composed}
         metadata = {COMPOSED_KEY: json.dumps(composed), ORDER_KEY: json.dumps(list(tensors))}
-        save_file(stored, str(directory / BANK_FILE), metadata=metadata)
+        save_tensor_file(stored, directory / BANK_FILE, metadata=metadata)
 
     @classmethod
     def load(cls, directory: Path) -> MemoryBank:
         path = directory / BANK_FILE
         if not path.is_file():
             raise InputError(f"{directory}: not an m3fm report model (no {BANK_FILE})")
-        tensors = read_safetensors(path)
-        metadata = read_safetensors_metadata(path)
+        tensors, metadata = read_safetensors_with_metadata(path)
         try:
             for key, parts in json.loads(metadata.get(COMPOSED_KEY, "{}")).items():
                 tensors[key] = torch.cat([tensors[part] for part in parts])

@@ -26,10 +26,14 @@ import shutil
 from pathlib import Path
 
 import click
-from safetensors.torch import load_file, save_file
 from tabulate import tabulate
 
-from m3fm.checkpoint import read_metadata, write_directory_atomically
+from m3fm.checkpoint import (
+    read_metadata,
+    read_safetensors,
+    save_tensor_file,
+    write_directory_atomically,
+)
 from m3fm.diagnosis.validation import MIN_AUC, Validation
 from m3fm.generation.reporting import ALIGN_DIR
 
@@ -51,13 +55,14 @@ DATA_LICENCES = (
 
 def half_precision_copy(source: Path, target: Path) -> None:
     """Copy a report-model directory, storing its weight files in float16."""
-    shutil.copytree(source, target, dirs_exist_ok=True,
+    # copyfile, not copy2: a copy gets the umask's mode, not a source file's 0600
+    shutil.copytree(source, target, dirs_exist_ok=True, copy_function=shutil.copyfile,
                     ignore=shutil.ignore_patterns("training_state*"))
     for name in WEIGHT_FILES:
-        tensors = load_file(str(source / name))
+        tensors = read_safetensors(source / name)
         half = {key: value.half() if value.is_floating_point() else value
                 for key, value in tensors.items()}
-        save_file(half, str(target / name), metadata={"format": "pt"})
+        save_tensor_file(half, target / name, metadata={"format": "pt"})
 
 
 def directory_size_mb(directory: Path) -> float:
