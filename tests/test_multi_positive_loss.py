@@ -41,8 +41,9 @@ def _old_loss(a, b, scale, valid=None):
     return torch.where(valid, per_row, 0).sum() / valid.sum().clamp(min=1)
 
 
-def _reference(a, b, scale, meaning, valid):
-    """Multi-positive InfoNCE written out row by row."""
+def _reference(a, b, scale, meaning, valid, own_weight=0.0):
+    """Multi-positive InfoNCE written out row by row: `own_weight` of each target on the row's
+    own pair, the rest spread evenly over every row of its meaning."""
     total, rows = 0.0, 0
     for i in range(len(a)):
         if not valid[i]:
@@ -53,7 +54,9 @@ def _reference(a, b, scale, meaning, valid):
                                   for j in range(len(a)) if valid[j]])
             columns = [j for j in range(len(a)) if valid[j]]
             log_p = logits.log_softmax(0)
-            total += -sum(log_p[columns.index(j)] for j in positives) / len(positives) / 2
+            spread = -sum(log_p[columns.index(j)] for j in positives) / len(positives)
+            own = -log_p[columns.index(i)]
+            total += ((1 - own_weight) * spread + own_weight * own) / 2
         rows += 1
     return total / rows
 
@@ -81,6 +84,24 @@ def test_multi_positive_loss_matches_the_written_out_formula():
     every = torch.ones(6, dtype=torch.bool)
     assert torch.allclose(contrastive_loss(a, b, SCALE, meaning=meaning),
                           _reference(a, b, SCALE, meaning, every), atol=1e-6)
+
+
+@pytest.mark.parametrize("own_weight", [0.25, 0.5, 0.9])
+def test_an_own_pair_weight_keeps_that_share_of_the_target_on_the_own_pair(own_weight):
+    a, b = _embeddings()
+    meaning = torch.tensor([7, 3, 7, 9, 3, 7])
+    valid = torch.tensor([True, True, True, True, False, True])
+    expected = _reference(a, b, SCALE, meaning, valid, own_weight)
+    assert torch.allclose(contrastive_loss(a, b, SCALE, valid, meaning, own_weight), expected,
+                          atol=1e-6)
+    assert not torch.allclose(expected, _reference(a, b, SCALE, meaning, valid), atol=1e-4)
+
+
+def test_an_own_pair_weight_of_one_is_plain_infonce():
+    a, b = _embeddings()
+    meaning = torch.tensor([7, 3, 7, 9, 3, 7])
+    assert torch.allclose(contrastive_loss(a, b, SCALE, meaning=meaning, own_weight=1.0),
+                          contrastive_loss(a, b, SCALE), atol=1e-6)
 
 
 def test_duplicate_reports_are_pulled_together_not_pushed_apart():
@@ -194,12 +215,15 @@ def test_pairs_carry_meanings_and_parallel_pairs_take_the_anchors(tmp_path):
 
 
 def test_positives_is_a_validated_loss_field():
-    assert AlignLossConfig().positives == "same-findings"
-    assert AlignLossConfig(positives="pairs").positives == "pairs"
+    # `pairs` won the controlled comparison on COV-CTR val (docs/training.md).
+    assert AlignLossConfig().positives == "pairs"
+    assert AlignLossConfig(positives="same-findings").positives == "same-findings"
     from m3fm.recipes import load_recipe
 
     with pytest.raises(ConfigError, match=r"loss\.positives: Input should be 'pairs'"):
         load_recipe("cov-ctr-align", {"loss.positives": "same-image"})
+    with pytest.raises(ConfigError, match=r"loss\.own_pair_weight: Input should be less"):
+        load_recipe("cov-ctr-align", {"loss.own_pair_weight": "1.5"})
 
 
 def test_an_alignment_step_trains_with_repeated_reports(tmp_path):
@@ -208,7 +232,8 @@ def test_an_alignment_step_trains_with_repeated_reports(tmp_path):
 
     data = write_cov_ctr(tmp_path / "data")
     overrides = dict(pair.split("=", 1) for pair in tiny_overrides(
-        "data.workers=0", "data.batch_size=8", "loss.positives=same-findings")[1::2])
+        "data.workers=0", "data.batch_size=8", "loss.positives=same-findings",
+        "loss.own_pair_weight=0.5")[1::2])
     task = AlignmentTask(load_recipe("cov-ctr-align", overrides), data)
     batch = task.batches(0)[0]
     # Eight images, four distinct reports: each report twice in the batch.

@@ -107,7 +107,7 @@ class AlignLossConfig(_Config):
         "off keeps the zero-shot setting honest (no image is ever paired with such a report).",
     )
     positives: Positives = Field(
-        "same-findings",
+        "pairs",
         description="Which reports of a batch count as positives of each other in the "
         "contrastive terms, so that templated reports saying the same thing are not pushed "
         "apart as negatives. `pairs`: only a row's own image or translation (one positive per "
@@ -116,4 +116,12 @@ class AlignLossConfig(_Config):
         "of findings (label, present, side, lobe) as read by the language's finding extractor; "
         "a report without findings, or in a language without an extractor, falls back to its "
         "text. For the pivot term both sides take the anchor-language report's meaning.",
+    )
+    own_pair_weight: float = Field(
+        0.0, ge=0, le=1,
+        description="With `same-text` or `same-findings`: the share of each row's target that "
+        "stays on its own pair, the rest spread evenly over every row of the same meaning "
+        "(own pair included). 0 is the uniform multi-positive target; 1 is plain InfoNCE. A "
+        "share in between pulls same-findings reports together without collapsing them onto "
+        "one point, which a text-only generator would then decode into one report.",
     )

@@ -36,6 +36,7 @@ MASKED_LOGIT = -1e4
 def contrastive_loss(
     a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
     valid: torch.Tensor | None = None, meaning: torch.Tensor | None = None,
+    own_weight: float = 0.0,
 ) -> torch.Tensor:
     """Symmetric InfoNCE between row-aligned, L2-normalised embeddings `a` and `b`.
 
@@ -47,7 +48,10 @@ def contrastive_loss(
     `meaning` (int64, one id per row) makes the targets multi-positive: rows whose ids are
     equal (reports that say the same thing) are positives of each other instead of
     negatives, and each query's target is the uniform distribution over the (valid) columns
-    that share its id.  Without it the loss is the one-positive-per-row InfoNCE.
+    that share its id.  `own_weight` moves that much of each target's mass back onto the
+    row's own pair (1 gives the one-positive loss again), so that reports with the same
+    findings are pulled together without being made identical.  Without `meaning` the loss
+    is the one-positive-per-row InfoNCE.
     """
     rank, world = _world()
     if valid is None and world > 1:
@@ -58,7 +62,7 @@ def contrastive_loss(
     a_to_b = logit_scale * a @ all_b.T
     b_to_a = logit_scale * b @ all_a.T
     if meaning is not None:
-        return _multi_positive(a_to_b, b_to_a, labels, valid, meaning)
+        return _multi_positive(a_to_b, b_to_a, labels, valid, meaning, own_weight)
     if valid is None:
         return (F.cross_entropy(a_to_b, labels) + F.cross_entropy(b_to_a, labels)) / 2
     candidates = _gather(valid.float()) > 0  # gloo gathers no booleans
@@ -71,7 +75,7 @@ def contrastive_loss(
 
 def _multi_positive(
     a_to_b: torch.Tensor, b_to_a: torch.Tensor, labels: torch.Tensor,
-    valid: torch.Tensor | None, meaning: torch.Tensor,
+    valid: torch.Tensor | None, meaning: torch.Tensor, own_weight: float,
 ) -> torch.Tensor:
     """The soft-target loss of :func:`contrastive_loss` given the meaning ids of the rows."""
     if meaning.shape != labels.shape:
@@ -88,6 +92,9 @@ def _multi_positive(
     targets[torch.arange(len(labels), device=labels.device), labels] = True
     targets = targets.to(a_to_b.dtype)
     targets = targets / targets.sum(dim=1, keepdim=True)
+    if own_weight:
+        own = F.one_hot(labels, targets.shape[1]).to(targets.dtype)
+        targets = (1 - own_weight) * targets + own_weight * own
     per_row = (F.cross_entropy(a_to_b, targets, reduction="none")
                + F.cross_entropy(b_to_a, targets, reduction="none")) / 2
     if valid is None:

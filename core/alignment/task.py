@@ -202,8 +202,9 @@ class AlignmentTask:
         out = model(modality=batch.modality, images=batch.images.to(device), **texts)
         valid = None if batch.valid is None else batch.valid.to(device)
         meaning = None if batch.meaning is None else batch.meaning.to(device)
+        own_weight = self.recipe.loss.own_pair_weight
         image_text = contrastive_loss(out["image"], out["reports"], out["logit_scale"], valid,
-                                      meaning=meaning)
+                                      meaning=meaning, own_weight=own_weight)
         logs = {f"loss_image_text_{batch.modality}": image_text.item(),
                 "logit_scale": out["logit_scale"].item()}
         total = image_text
@@ -212,7 +213,7 @@ class AlignmentTask:
                 parallel_meaning = (None if batch.parallel_meaning is None
                                     else batch.parallel_meaning.to(device))
                 pivot = contrastive_loss(out["others"], out["anchors"], out["logit_scale"],
-                                         meaning=parallel_meaning)
+                                         meaning=parallel_meaning, own_weight=own_weight)
             else:
                 pivot = distillation_loss(out["others"], out["anchors"])
             logs["loss_pivot"] = pivot.item()
