@@ -201,6 +201,11 @@ def test_packaged_model_is_half_size_loads_and_has_a_model_card(trained, capsys,
         assert (target / name).stat().st_size < 0.6 * (run / "final" / name).stat().st_size
     card = (target / "README.md").read_text(encoding="utf-8")
     assert "cov-ctr-zh-zeroshot" in card and "| nearest-report" in card and "CC BY" in card
+    # the tiny model's own settings are stated as overrides of the shipped recipe
+    command = card.split("**Produced by:** `", 1)[1].split("`", 1)[0]
+    assert command.startswith("m3fm train --recipe cov-ctr-zh-zeroshot --set align.recipe=")
+    assert "--set model.hidden_size=32" in command and "--set train.max_steps=" in command
+    assert "align.checkpoint" not in command
     assert "holds\n  8 zh (ct/zh 8) training-report embeddings" in card
     assert " distinct " in card and "- ct (zh): covid19" in card  # AUC 0.55 < 0.6
     assert json.loads((target / "validation.json").read_text())["rows"][0]["auc"] == 0.55
@@ -220,3 +225,16 @@ def test_without_a_bundled_model_run_asks_for_a_checkpoint(capsys, monkeypatch, 
     monkeypatch.setattr("m3fm.models.MODELS_DIR", tmp_path)
     code, _, err = run_cli(capsys, "run", "--plugin", "ct", str(tmp_path / "x.png"))
     assert code == 1 and "no bundled m3fm-small model" in err and "--checkpoint" in err
+
+
+def test_a_card_names_the_shipped_recipe_when_the_model_has_its_settings():
+    from m3fm.models.package import _recipe_as_shipped
+    from m3fm.recipes import load_recipe
+
+    shipped = load_recipe("m3fm-small").model_dump(mode="json")
+    earlier = shipped | {"version": shipped["version"] - 1}  # trained with overrides, adopted
+    assert _recipe_as_shipped(earlier) == (shipped["version"], [])
+    other = earlier | {"model": shipped["model"] | {"decoder_layers": 7},
+                       "decode": shipped["decode"] | {"bridge": "memory"}}
+    assert _recipe_as_shipped(other) == (shipped["version"] - 1, [
+        "--set model.decoder_layers=7", "--set decode.bridge=memory"])

@@ -85,15 +85,17 @@ def model_card(metadata: dict, modalities: list[str], results: list[dict], size_
         f"- {modality} ({language}): {', '.join(missing)}"
         for modality in modalities for language in languages
         if (missing := validation.unvalidated(modality, language, labels[modality])))
-    return f"""# {recipe['name']} (recipe v{recipe['version']})
+    version, overrides = _recipe_as_shipped(recipe)
+    command = " ".join([f"m3fm train --recipe {recipe['name']}", *overrides,
+                        f"--data ../shared/data --out runs/{recipe['name']}"])
+    return f"""# {recipe['name']} (recipe v{version})
 
 {recipe['description']}.
 
 - **Architecture:** a MultiMedCLIP alignment model (images: {', '.join(modalities)}) and a
   MultiMedLM generator writing {', '.join(recipe['model']['languages'])}, trained on text
   only; image embeddings reach the generator through the `{bridge}` bridge.
-- **Produced by:** `m3fm train --recipe {recipe['name']} --data ../shared/data
-  --out runs/{recipe['name']}`, then `python -m m3fm.models.package` (weights stored in
+- **Produced by:** `{command}`, then `python -m m3fm.models.package` (weights stored in
   float16), at commit
   `{metadata.get('git_commit')}` with m3fm {metadata.get('m3fm_version')} and torch
   {metadata.get('torch_version')}, {metadata.get('created')}; {metadata['step']} generator steps.
@@ -134,6 +136,41 @@ probabilities "unvalidated": do not read them as measured.
 
 {unvalidated or "- none"}
 """
+
+
+NOT_SETTINGS = {"version", "align.checkpoint"}
+"""Recipe fields that do not change what is trained: the version number, and the local path
+of an alignment model trained from the recipe's own `align.recipe`."""
+
+
+def _recipe_as_shipped(recipe: dict) -> tuple[int, list[str]]:
+    """The version of the shipped recipe of this name and the `--set` options that turn it
+    into the recipe the model was trained with: none, and the shipped version, when a model
+    trained with overrides has exactly the settings the recipe has since adopted."""
+    from m3fm.recipes import load_recipe
+
+    trained = _flatten(recipe)
+    shipped = _flatten(load_recipe(recipe["name"]).model_dump(mode="json"))
+    changed = [key for key in trained
+               if key not in NOT_SETTINGS and trained[key] != shipped.get(key)]
+    overrides = [f"--set {key}={_yaml_value(trained[key])}" for key in changed]
+    return (recipe["version"] if changed else shipped["version"]), overrides
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``, the dotted paths `--set` takes."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _yaml_value(value) -> str:
+    """A `--set` value (read back as YAML): strings bare, everything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
