@@ -206,6 +206,7 @@ def test_packaged_model_is_half_size_loads_and_has_a_model_card(trained, capsys,
     assert command.startswith("m3fm train --recipe cov-ctr-zh-zeroshot --set align.recipe=")
     assert "--set model.hidden_size=32" in command and "--set train.max_steps=" in command
     assert "align.checkpoint" not in command
+    assert "- **Out-of-distribution flag:** `align/ood.safetensors`" in card
     assert "holds\n  8 zh (ct/zh 8) training-report embeddings" in card
     assert " distinct " in card and "- ct (zh): covid19" in card  # AUC 0.55 < 0.6
     assert json.loads((target / "validation.json").read_text())["rows"][0]["auc"] == 0.55

@@ -71,9 +71,11 @@ def directory_size_mb(directory: Path) -> float:
 
 
 def model_card(metadata: dict, modalities: list[str], results: list[dict], size_mb: float,
-               validation: Validation, labels: dict[str, tuple[str, ...]], bridge: str) -> str:
+               validation: Validation, labels: dict[str, tuple[str, ...]], bridge: str,
+               ood: dict | None = None) -> str:
     """The README.md of a bundled model, from its metadata, report rows and diagnosis figures;
-    `labels` are the labels each modality declares, `bridge` the one it decodes with."""
+    `labels` are the labels each modality declares, `bridge` the one it decodes with, `ood`
+    the alignment model's out-of-distribution description (``align/ood.json``), if any."""
     recipe = metadata["task"]["recipe"]
     columns = ["modality", "language", "system", "n", "distinct", "BLEU-4", "ROUGE-L",
                "CIDEr-D", "CE-F1", "CE-F1-positive"]
@@ -95,16 +97,16 @@ def model_card(metadata: dict, modalities: list[str], results: list[dict], size_
 - **Architecture:** a MultiMedCLIP alignment model (images: {', '.join(modalities)}) and a
   MultiMedLM generator writing {', '.join(recipe['model']['languages'])}, trained on text
   only; image embeddings reach the generator through the `{bridge}` bridge.
-- **Produced by:** `{command}`, then `python -m m3fm.models.package` (weights stored in
-  float16), at commit
+- **Produced by:** `{command}`,
+  then `python -m m3fm.models.package` (weights stored in float16), at commit
   `{metadata.get('git_commit')}` with m3fm {metadata.get('m3fm_version')} and torch
   {metadata.get('torch_version')}, {metadata.get('created')}; {metadata['step']} generator steps.
 - **Size:** {size_mb:.1f} MB, of which the memory bank (used by the `memory` bridge, and to
   tell which modality a language has reports of) holds
   {_bank_sizes(metadata)} training-report embeddings.
-- **Intended use:** a working default for trying m3fm and for tests. It is trained from scratch
-  on about 800 images on a CPU: it is not a clinical tool, and its reports must not be used to
-  diagnose anyone.
+{_ood_line(ood)}- **Intended use:** a working default for trying m3fm and for tests. It is
+  trained from scratch on about 800 images on a CPU: it is not a clinical tool, and its reports
+  must not be used to diagnose anyone.
 
 ## Data and licences
 
@@ -173,6 +175,18 @@ def _yaml_value(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _ood_line(ood: dict | None) -> str:
+    """The card's bullet on the out-of-distribution flag, from ``align/ood.json``."""
+    if not ood:
+        return ""
+    rates = " and ".join(f"{info['val_flagged'] / info['val']:.1%} of {modality} "
+                         f"({info['val']})" for modality, info in ood["modalities"].items())
+    return (f"- **Out-of-distribution flag:** `{ALIGN_DIR}/ood.safetensors` and "
+            f"`{ALIGN_DIR}/ood.json` describe\n  the training images' features per modality, "
+            f"with thresholds that flag\n  {rates} validation images (see the docs'\n  "
+            f"\"Clinical integration\" page).\n")
+
+
 def _table(rows: list[dict], columns: list[str]) -> str:
     return tabulate([[f"{row.get(c):.3f}" if isinstance(row.get(c), float) else row.get(c)
                       for c in columns] for row in rows], headers=columns, tablefmt="github")
@@ -214,7 +228,9 @@ def main(source: Path, target: Path, results: Path, diagnosis: tuple[Path, ...],
         half_precision_copy(source, directory)
         validation.write(directory)
         size = directory_size_mb(directory)
-        card = model_card(metadata, modalities, rows, size, validation, labels, bridge)
+        ood_file = source / ALIGN_DIR / "ood.json"
+        ood = json.loads(ood_file.read_text()) if ood_file.is_file() else None
+        card = model_card(metadata, modalities, rows, size, validation, labels, bridge, ood)
         (directory / "README.md").write_text(card, encoding="utf-8")
 
     write_directory_atomically(target, fill)
