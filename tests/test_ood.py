@@ -62,6 +62,21 @@ def test_far_rows_are_flagged_and_near_ones_are_not():
     assert set(rows[0]) == {"ood", "ood_score", "ood_threshold"}
 
 
+def test_a_saved_description_round_trips_bit_for_bit(tmp_path):
+    """A report model re-saves its alignment model's description: the files must not change,
+    even where the precision holds -0.0 (a dead feature of a small model gives exact zeros)."""
+    detector = _detector()
+    description = detector.descriptions["ct"]
+    description.precision[0, 1] = description.precision[1, 0] = -0.0
+    description.precision[2, 2] = -0.0
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    detector.save(first)
+    OODDetector.load(first).save(second)
+    for name in (DESCRIPTION_FILE, TENSORS_FILE):
+        assert (second / name).read_bytes() == (first / name).read_bytes()
+
+
 def test_a_modality_without_a_description_gets_no_statement():
     assert _detector().assess("cxr", torch.zeros(3, 8)) == []
 

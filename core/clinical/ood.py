@@ -178,8 +178,10 @@ def _descriptions(summary: dict, tensors: dict[str, torch.Tensor]) -> dict[str, 
             raise ValueError(f"{modality} values are not finite")
         precision = torch.zeros(dim, dim)
         upper = torch.triu_indices(dim, dim)
+        # Both halves by assignment: adding the transpose would turn a -0.0 into 0.0, and a
+        # report model that re-saves its alignment model's description would change its bytes.
         precision[upper[0], upper[1]] = packed.float()
-        precision = precision + precision.triu(1).T
+        precision[upper[1], upper[0]] = packed.float()
         counts = {key: int(entry[key]) for key in ("train", "val", "val_flagged")}
         descriptions[modality] = Description(mean.float(), precision, threshold, counts)
     return descriptions
