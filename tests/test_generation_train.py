@@ -239,3 +239,5 @@ def test_a_card_names_the_shipped_recipe_when_the_model_has_its_settings():
                        "decode": shipped["decode"] | {"bridge": "memory"}}
     assert _recipe_as_shipped(other) == (shipped["version"] - 1, [
         "--set model.decoder_layers=7", "--set decode.bridge=memory"])
+    assert _recipe_as_shipped(other | {"name": "a-plugins-own-recipe"}) == (
+        shipped["version"] - 1, [])

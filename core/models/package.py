@@ -148,11 +148,16 @@ of an alignment model trained from the recipe's own `align.recipe`."""
 def _recipe_as_shipped(recipe: dict) -> tuple[int, list[str]]:
     """The version of the shipped recipe of this name and the `--set` options that turn it
     into the recipe the model was trained with: none, and the shipped version, when a model
-    trained with overrides has exactly the settings the recipe has since adopted."""
+    trained with overrides has exactly the settings the recipe has since adopted; none, and
+    the recorded version, for a recipe that m3fm does not ship."""
     from m3fm.recipes import load_recipe
+    from m3fm.registry import ConfigError, UnknownNameError
 
     trained = _flatten(recipe)
-    shipped = _flatten(load_recipe(recipe["name"]).model_dump(mode="json"))
+    try:
+        shipped = _flatten(load_recipe(recipe["name"]).model_dump(mode="json"))
+    except (UnknownNameError, ConfigError):  # a recipe file of its own: nothing to compare
+        return recipe["version"], []
     changed = [key for key in trained
                if key not in NOT_SETTINGS and trained[key] != shipped.get(key)]
     overrides = [f"--set {key}={_yaml_value(trained[key])}" for key in changed]
