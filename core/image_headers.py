@@ -14,14 +14,15 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import nibabel
-import pydicom
 from PIL import Image
 
 from m3fm.filetypes import DICOM_SUFFIXES, DISPLAY_IMAGE_SUFFIXES, NIFTI_SUFFIXES
 from m3fm.registry import M3fmError
+
+if TYPE_CHECKING:  # imported where a volume or DICOM file is read: a picture needs neither
+    import pydicom
 
 DEFAULT_MAX_INPUT_MB = 384
 """Default memory budget of one input (`M3FM_MAX_INPUT_MB`), in MB of its pixels as float32.
@@ -110,6 +111,8 @@ def _picture_header(path: Path) -> Header:
 
 
 def _nifti_header(path: Path) -> Header:
+    import nibabel
+
     volume = nibabel.load(path)  # reads the header; the voxels stay on disk
     shape = tuple(int(n) for n in volume.shape)
     while len(shape) > 3 and shape[-1] == 1:  # (X, Y, Z, 1) is a volume, as MONAI reads it
@@ -145,6 +148,8 @@ class _DicomImage(NamedTuple):
 
 def _dicom_header(path: Path) -> Header:
     """A DICOM file, or a folder of one series (files in other series are refused, not merged)."""
+    import pydicom
+
     if not path.is_dir():
         image = _dicom_image(pydicom.dcmread(path, stop_before_pixels=True), "the file")
         described = (f"{image.frames} frames of {image.rows} × {image.columns}"

@@ -541,11 +541,19 @@ def timm_encoder(options: EncoderOptions, *, default_backbone: str, in_chans: in
     (summing pretrained RGB filters).  With `options.pretrained`, a local `options.weights` file
     (safetensors, or torch's .pth/.bin read by its weights-only unpickler, which runs no code) is
     handed to timm's loader as a state dict, so nothing is downloaded; without one, timm fetches
-    the weights from the Hugging Face hub.
+    the weights from the Hugging Face hub.  With `options.for_inference`, the ResNets that
+    :mod:`m3fm.lean.resnet` covers are built in plain torch instead (same parameters and
+    outputs; importing timm costs seconds).
     """
+    name = options.backbone or default_backbone
+    if options.for_inference and not options.pretrained:
+        from m3fm.lean.resnet import lean_resnet
+
+        lean = lean_resnet(name, in_chans)
+        if lean is not None:
+            return lean
     import timm
 
-    name = options.backbone or default_backbone
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""

@@ -45,13 +45,18 @@ import string
 from collections.abc import Iterable
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers.processors import TemplateProcessing
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from m3fm.registry import InputError
 from m3fm.safe_loading import check_checkpoint_folder
+
+if TYPE_CHECKING:  # transformers is imported where a tokenizer is made (most of a second)
+    from transformers import PreTrainedTokenizerFast
+
+    from m3fm.lean.tokenizer import LeanTokenizer
 
 __all__ = ["SPECIAL_TOKENS", "decode_report", "load_tokenizer", "train_tokenizer"]
 
@@ -85,6 +90,8 @@ def train_tokenizer(
     so a small corpus stops short of `vocab_size`.  Training on the same texts gives the
     same vocabulary and ids, which checkpoints rely on.
     """
+    from transformers import PreTrainedTokenizerFast
+
     corpus = [text for text in texts if text.strip()]
     if not corpus:
         raise ValueError("cannot train a tokenizer on no text: every given text is empty")
@@ -126,6 +133,8 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     without network (see :mod:`m3fm.safe_loading`).  A missing folder raises InputError naming
     it, instead of the hub lookup error that `transformers` gives for a path it does not find.
     """
+    from transformers import AutoTokenizer
+
     local = Path(path).is_dir()
     if local:
         check_checkpoint_folder(Path(path))
@@ -140,7 +149,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
         ) from error
 
 
-def decode_report(tokenizer: PreTrainedTokenizerFast, ids: Iterable[int]) -> str:
+def decode_report(tokenizer: PreTrainedTokenizerFast | LeanTokenizer, ids: Iterable[int]) -> str:
     """Text of token ids, spaced exactly as it was written; structural tokens are dropped.
 
     ``[UNK]`` stays visible, so a gap in a generated report is not silently closed.  The

@@ -133,6 +133,12 @@ class EncoderOptions(BaseModel):
         None,
         description="Local weights file (.safetensors/.bin/.pth) used when `pretrained` is set.",
     )
+    for_inference: bool = Field(
+        False,
+        description="Built only to run weights loaded from a checkpoint, never trained: the "
+        "plugin may return a lighter module with the same parameters and outputs (m3fm's "
+        "`timm_encoder` then builds the ResNets it covers without importing timm).",
+    )
 
 
 class ModalitySpec(_Spec):

@@ -74,6 +74,25 @@ def test_a_run_without_clinical_outputs_imports_none_of_their_libraries():
     assert out.strip().splitlines()[-1] == "[]"
 
 
+def test_a_report_on_a_picture_imports_neither_transformers_nor_timm():
+    """The bundled model runs on its plain-torch networks (m3fm.lean) and a picture is read
+    with Pillow: transformers, timm (and the torchvision and torch._dynamo they pull in), the
+    DICOM and NIfTI readers are seconds of imports this path does not need."""
+    sample = REPO / "plugins" / "samples" / "ct.png"
+    out = _fresh_python(f"""
+        import sys
+        from m3fm.cli import main
+        try:
+            main(["run", "--plugin", "ct", "--lang", "zh", {str(sample)!r}])
+        except SystemExit as exit:
+            assert exit.code in (0, None), exit.code
+        print(sorted({{name.split(".")[0] for name in sys.modules}} &
+                     {{"transformers", "timm", "torchvision", "monai", "pydicom", "nibabel"}}),
+              "torch._dynamo" in sys.modules)
+    """)
+    assert out.strip().splitlines()[-1] == "[] False"
+
+
 def test_a_picture_is_read_without_monai(tmp_path):
     """MONAI is imported for DICOM and volumes only; the run path of a PNG never needs it."""
     picture = tmp_path / "slice.png"

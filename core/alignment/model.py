@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
-from transformers import CONFIG_MAPPING, AutoModel, BertConfig, PreTrainedTokenizerFast
 
 from m3fm.alignment.config import AlignModelConfig
 from m3fm.checkpoint import (
@@ -25,10 +25,17 @@ from m3fm.checkpoint import (
     read_json_object,
     save_model_file,
 )
+from m3fm.lean.bert import lean_bert
+from m3fm.lean.tokenizer import lean_tokenizer
 from m3fm.registry import EncoderOptions, InputError, get_registry
 from m3fm.safe_loading import check_checkpoint_folder
 from m3fm.tokenizer import load_tokenizer
 from m3fm.validation import describe_validation_error
+
+if TYPE_CHECKING:  # transformers' model code is imported only to build or train a model
+    from transformers import PreTrainedTokenizerFast
+
+    from m3fm.lean.tokenizer import LeanTokenizer
 
 MAX_LOGIT_SCALE = 100.0
 """Upper bound of the learnt inverse temperature, as in CLIP and open_clip."""
@@ -42,8 +49,8 @@ class MultiMedCLIP(nn.Module):
     """Embeds images of every configured modality and reports of every language in one space."""
 
     def __init__(
-        self, config: AlignModelConfig, tokenizer: PreTrainedTokenizerFast,
-        text_encoder: nn.Module | None = None,
+        self, config: AlignModelConfig, tokenizer: PreTrainedTokenizerFast | LeanTokenizer,
+        text_encoder: nn.Module | None = None, *, for_inference: bool = False,
     ) -> None:
         super().__init__()
         self.config = config
@@ -53,6 +60,7 @@ class MultiMedCLIP(nn.Module):
             backbone=config.image.backbone,
             pretrained=config.image.pretrained,
             weights=config.image.weights,
+            for_inference=for_inference,
         )
         owners = config.modalities[:1] if config.image.shared else config.modalities
         self.image_encoders = nn.ModuleDict(
@@ -133,8 +141,13 @@ class MultiMedCLIP(nn.Module):
         save_model_file(self, path / WEIGHTS_FILE)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> MultiMedCLIP:
-        """Load a checkpoint directory; refuses incompatible or incomplete ones with one line."""
+    def from_pretrained(cls, path: str | Path, *, lean: bool = False) -> MultiMedCLIP:
+        """Load a checkpoint directory; refuses incompatible or incomplete ones with one line.
+
+        `lean`: for inference only, with the plain-torch towers and tokenizer of
+        :mod:`m3fm.lean` where they cover the checkpoint (same weights and results, without
+        importing transformers or timm); the model then cannot be trained further.
+        """
         path = Path(path)
         for required in (CONFIG_FILE, WEIGHTS_FILE, TEXT_ENCODER_DIR):
             if not (path / required).exists():
@@ -150,8 +163,10 @@ class MultiMedCLIP(nn.Module):
         config = config.model_copy(update={
             "image": config.image.model_copy(update={"pretrained": False, "weights": None}),
         })
-        text_encoder = _saved_text_encoder(path / TEXT_ENCODER_DIR / CONFIG_FILE)
-        model = cls(config, load_tokenizer(path), text_encoder=text_encoder)
+        settings = read_json_object(path / TEXT_ENCODER_DIR / CONFIG_FILE)
+        text_encoder = (lean and lean_bert(settings)) or _saved_text_encoder(settings, path)
+        tokenizer = (lean and lean_tokenizer(path)) or load_tokenizer(path)
+        model = cls(config, tokenizer, text_encoder=text_encoder, for_inference=lean)
         load_model_weights(model, path)
         return model.eval()
 
@@ -167,6 +182,8 @@ def resize_to_input(images: torch.Tensor, size: int | None) -> torch.Tensor:
 
 
 def _new_text_encoder(config: AlignModelConfig, tokenizer: PreTrainedTokenizerFast) -> nn.Module:
+    from transformers import AutoModel, BertConfig
+
     text = config.text
     if text.pretrained:
         local = Path(text.pretrained).is_dir()
@@ -193,12 +210,15 @@ def _new_text_encoder(config: AlignModelConfig, tokenizer: PreTrainedTokenizerFa
     )
 
 
-def _saved_text_encoder(config_file: Path) -> nn.Module:
-    """The (untrained) text tower a checkpoint describes, built by transformers' own class for
-    its ``model_type``: nothing the checkpoint names is imported."""
-    settings = read_json_object(config_file)
+def _saved_text_encoder(settings: dict, checkpoint: Path) -> nn.Module:
+    """The (untrained) text tower a checkpoint's saved text-encoder `settings` describe, built
+    by transformers' own class for its ``model_type``: nothing the checkpoint names is
+    imported."""
+    from transformers import CONFIG_MAPPING, AutoModel
+
     model_type = settings.get("model_type")
     if model_type not in CONFIG_MAPPING:
+        config_file = checkpoint / TEXT_ENCODER_DIR / CONFIG_FILE
         raise CheckpointError(
             f"{config_file}: model_type {model_type!r} is not a text model this version of "
             "transformers has; re-download the checkpoint or upgrade transformers"

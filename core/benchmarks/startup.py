@@ -7,8 +7,8 @@ behaviour m3fm had before start-up was worked on, measured in the same run:
 
 * ``version --cuda`` imports torch, as ``version`` did;
 * ``plugins list --check`` runs the conformance kit, as every ``plugins list`` did;
-* ``run`` with MONAI imported first is what ``run`` on a picture cost while reading it went
-  through MONAI.
+* ``run`` with transformers' BART and timm imported first is what ``run`` on a picture cost
+  while the model ran on transformers' and timm's networks (before :mod:`m3fm.lean`).
 
 `m3fm run` is also broken down (imports, model load, preprocess, encode, decode) in one more
 fresh process::
@@ -116,10 +116,10 @@ def main(image: Path | None, repeats: int, as_json: bool) -> None:
             "m3fm version --cuda": ([*M3FM, "version", "--cuda"], None),
             "m3fm plugins list": ([*M3FM, "plugins", "list"], "m3fm plugins list --check"),
             "m3fm plugins list --check": ([*M3FM, "plugins", "list", "--check"], None),
-            "m3fm run (PNG)": ([*M3FM, *run], "m3fm run (PNG), MONAI imported first"),
-            "m3fm run (PNG), MONAI imported first": (
-                [sys.executable, "-c", "import monai, sys; from m3fm.cli import main; "
-                 f"main({run!r})"], None),
+            "m3fm run (PNG)": ([*M3FM, *run], "m3fm run (PNG), transformers+timm"),
+            "m3fm run (PNG), transformers+timm": (
+                [sys.executable, "-c", "import transformers.models.bart.modeling_bart, timm; "
+                 f"from m3fm.cli import main; main({run!r})"], None),
         }
         figures = {}
         for name, (command, _) in commands.items():

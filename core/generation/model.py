@@ -5,25 +5,28 @@ to a few encoder positions, preceded by a learnt token for the target language (
 generator conditioned on modality, one for the imaging modality); a BART
 encoder-decoder from `transformers` does the rest, so decoding gets its key/value cache,
 beam search, length penalty and n-gram blocking from ``generate`` instead of from code here.
+A generator loaded for inference (``lean``) holds the plain-torch BART of
+:mod:`m3fm.lean.bart` instead, which decodes greedily without importing `transformers`
+(seconds of start-up) and hands beam search over to it.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import (
-    BartConfig,
-    BartForConditionalGeneration,
-    GenerationConfig,
-    LogitsProcessorList,
-    PreTrainedTokenizerFast,
-)
 
 from m3fm.generation.config import DecodeConfig, GeneratorConfig
 from m3fm.generation.repetition import ClauseTokens, RepeatedClauseBlocker, clause_boundary_ids
+from m3fm.lean.bart import BartShape, LeanBart
 from m3fm.registry import UsageError
+
+if TYPE_CHECKING:
+    from transformers import BartConfig, PreTrainedTokenizerFast
+
+    from m3fm.lean.tokenizer import LeanTokenizer
 
 IGNORE_INDEX = -100
 """Label value the cross-entropy skips (padding)."""
@@ -33,8 +36,10 @@ class MultiMedLM(nn.Module):
     """Writes reports in any of its languages from embeddings of dimension `embed_dim`."""
 
     def __init__(
-        self, config: GeneratorConfig, embed_dim: int, tokenizer: PreTrainedTokenizerFast
+        self, config: GeneratorConfig, embed_dim: int,
+        tokenizer: PreTrainedTokenizerFast | LeanTokenizer, *, lean: bool = False,
     ) -> None:
+        """`lean`: hold the plain-torch BART, to run weights loaded from a checkpoint."""
         super().__init__()
         self.config, self.embed_dim, self.tokenizer = config, embed_dim, tokenizer
         width = config.hidden_size
@@ -42,27 +47,43 @@ class MultiMedLM(nn.Module):
         self.language_tokens = nn.Embedding(len(config.languages), width)
         if config.modalities:  # no parameter at all otherwise: older checkpoints load as saved
             self.modality_tokens = nn.Embedding(len(config.modalities) + 1, width)
-        self.bart = BartForConditionalGeneration(BartConfig(
-            vocab_size=len(tokenizer),
-            d_model=width,
-            encoder_layers=config.encoder_layers,
-            decoder_layers=config.decoder_layers,
-            encoder_attention_heads=config.num_heads,
-            decoder_attention_heads=config.num_heads,
-            encoder_ffn_dim=config.intermediate_size,
-            decoder_ffn_dim=config.intermediate_size,
+        self.bart = LeanBart(self._shape()) if lean else _transformers_bart(self._bart_config())
+
+    def _shape(self) -> BartShape:
+        config = self.config
+        return BartShape(
+            vocab_size=len(self.tokenizer), d_model=config.hidden_size,
+            encoder_layers=config.encoder_layers, decoder_layers=config.decoder_layers,
+            heads=config.num_heads, ffn_dim=config.intermediate_size,
+            max_positions=max(config.max_length,
+                              config.prefix_tokens + config.conditioning_tokens) + 2,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+
+    def _bart_config(self) -> BartConfig:
+        from transformers import BartConfig
+
+        config, shape, tokenizer = self.config, self._shape(), self.tokenizer
+        return BartConfig(
+            vocab_size=shape.vocab_size,
+            d_model=shape.d_model,
+            encoder_layers=shape.encoder_layers,
+            decoder_layers=shape.decoder_layers,
+            encoder_attention_heads=shape.heads,
+            decoder_attention_heads=shape.heads,
+            encoder_ffn_dim=shape.ffn_dim,
+            decoder_ffn_dim=shape.ffn_dim,
             dropout=config.dropout,
             attention_dropout=config.dropout,
-            max_position_embeddings=max(
-                config.max_length, config.prefix_tokens + config.conditioning_tokens) + 2,
+            max_position_embeddings=shape.max_positions,
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             decoder_start_token_id=tokenizer.bos_token_id,
             forced_bos_token_id=None,
             forced_eos_token_id=None,
-            scale_embedding=True,
-        ))
+            scale_embedding=shape.scale_embedding,
+        )
 
     def language_id(self, language: str) -> int:
         """Index of `language` among the generator's languages; UsageError lists them."""
@@ -149,6 +170,34 @@ class MultiMedLM(nn.Module):
         modality_ids = torch.full_like(language_ids, self.modality_id(modality))
         inputs = self.encoder_inputs(embeddings, language_ids, modality_ids)
         tokenizer = self.tokenizer
+        blockers = ([RepeatedClauseBlocker(self.clause_boundaries)]
+                    if decode.repeated_clauses == "block" else [])
+        if isinstance(self.bart, LeanBart) and decode.num_beams == 1 and use_cache:
+            output = self.bart.greedy(
+                inputs, start_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
+                pad_id=tokenizer.pad_token_id, max_new_tokens=self.token_limit(decode),
+                repetition_penalty=decode.repetition_penalty,
+                no_repeat_ngram_size=decode.no_repeat_ngram_size, processors=blockers,
+            )
+        else:
+            output = self._generate_with_transformers(inputs, decode, use_cache, blockers)
+        return [_until_eos(row, tokenizer.eos_token_id, tokenizer.bos_token_id)
+                for row in output.tolist()]
+
+    def _generate_with_transformers(
+        self, inputs: torch.Tensor, decode: DecodeConfig, use_cache: bool,
+        blockers: list[RepeatedClauseBlocker],
+    ) -> torch.Tensor:
+        """Decode with `transformers`' ``generate`` (beam search, the uncached loop); a lean
+        generator lends its weights to a `transformers` BART built for the call."""
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        bart = self.bart
+        if isinstance(bart, LeanBart):
+            bart = _transformers_bart(self._bart_config())
+            bart.load_state_dict(self.bart.state_dict())
+            bart = bart.to(inputs.device).eval()
+        tokenizer = self.tokenizer
         generation = GenerationConfig(
             decoder_start_token_id=tokenizer.bos_token_id,
             bos_token_id=tokenizer.bos_token_id,
@@ -165,14 +214,16 @@ class MultiMedLM(nn.Module):
             **({"early_stopping": True} if decode.num_beams > 1 else {}),
         )
         attention = torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
-        blockers = ([RepeatedClauseBlocker(self.clause_boundaries)]
-                    if decode.repeated_clauses == "block" else [])
-        output = self.bart.generate(
+        return bart.generate(
             inputs_embeds=inputs, attention_mask=attention, generation_config=generation,
             logits_processor=LogitsProcessorList(blockers),
         )
-        return [_until_eos(row, tokenizer.eos_token_id, tokenizer.bos_token_id)
-                for row in output.tolist()]
+
+
+def _transformers_bart(config: BartConfig) -> nn.Module:
+    from transformers import BartForConditionalGeneration
+
+    return BartForConditionalGeneration(config)
 
 
 def _until_eos(ids: list[int], eos: int, bos: int) -> list[int]:

@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import LogitsProcessor, PreTrainedTokenizerFast
 
 from m3fm.registry import LanguageSpec, get_registry
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+    from m3fm.lean.tokenizer import LeanTokenizer
 
 CLAUSE_SEPARATORS = ",;，；、"
 """Marks between the clauses of a sentence, in English and Chinese."""
@@ -105,7 +110,7 @@ class ClauseTokens:
     """Ids that are no part of a clause's text: structural tokens and bare spaces."""
 
 
-def clause_boundary_ids(tokenizer: PreTrainedTokenizerFast) -> ClauseTokens:
+def clause_boundary_ids(tokenizer: PreTrainedTokenizerFast | LeanTokenizer) -> ClauseTokens:
     """The :class:`ClauseTokens` of `tokenizer`'s vocabulary."""
     marks = set(CLAUSE_SEPARATORS + SENTENCE_ENDS)
     special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
@@ -121,7 +126,7 @@ def clause_boundary_ids(tokenizer: PreTrainedTokenizerFast) -> ClauseTokens:
     return ClauseTokens(frozenset(boundaries), frozenset(ignored))
 
 
-class RepeatedClauseBlocker(LogitsProcessor):
+class RepeatedClauseBlocker:
     """Bans the token that would finish, again, a clause already written in the same report.
 
     When the clause being written (its tokens since the last boundary) equals an earlier
@@ -130,6 +135,7 @@ class RepeatedClauseBlocker(LogitsProcessor):
     n-gram blocking.  The model may still write a longer clause that starts the same way.
     Clauses are compared token for token, so "A" and "a" differ (the text-level
     :func:`drop_repeated_clauses`, which runs after it, compares them case aside).
+    Called as both decoders call a logits processor: ``(ids so far, scores) -> scores``.
     """
 
     def __init__(self, tokens: ClauseTokens) -> None:

@@ -138,11 +138,14 @@ class ReportModel(Embedder):
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, device: str | torch.device | None = None
+        cls, path: str | Path, device: str | torch.device | None = None, *, lean: bool = True
     ) -> ReportModel:
         """Load a report-model directory; missing or incompatible parts are one-line errors.
 
-        Runs no code from the directory: see :mod:`m3fm.safe_loading`.
+        Runs no code from the directory: see :mod:`m3fm.safe_loading`.  `lean` (the default):
+        with the plain-torch networks of :mod:`m3fm.lean` where they cover the checkpoint,
+        which give the same reports without importing `transformers` or `timm`; False: with
+        the networks training uses.
         """
         path = Path(path)
         config_file = path / CONFIG_FILE
@@ -156,8 +159,9 @@ class ReportModel(Embedder):
             raise InputError(
                 f"{config_file}: incompatible config: {describe_validation_error(exc)}"
             ) from exc
-        align = channels_last(MultiMedCLIP.from_pretrained(path / ALIGN_DIR))
-        generator = MultiMedLM(config.generator, align.config.embed_dim, align.tokenizer)
+        align = channels_last(MultiMedCLIP.from_pretrained(path / ALIGN_DIR, lean=lean))
+        generator = MultiMedLM(config.generator, align.config.embed_dim, align.tokenizer,
+                               lean=lean)
         load_model_weights(generator, path)
         bank = MemoryBank.load(path)
         missing = set(config.generator.languages) - set(bank.languages)
@@ -176,9 +180,11 @@ def without_unfinished_sentence(text: str, language: LanguageSpec) -> str:
     return text[:text.rfind(sentences[-1])].rstrip()
 
 
-def load(path: str | Path, device: str | torch.device | None = None) -> Embedder:
-    """Load a checkpoint directory: a :class:`ReportModel`, or an alignment-only Embedder."""
+def load(path: str | Path, device: str | torch.device | None = None, *, lean: bool = True
+         ) -> Embedder:
+    """Load a checkpoint directory: a :class:`ReportModel`, or an alignment-only Embedder
+    (`lean`: see :meth:`ReportModel.from_pretrained`)."""
     if is_report_model(Path(path)):
-        return ReportModel.from_pretrained(path, device=device)
-    align = channels_last(MultiMedCLIP.from_pretrained(path))
+        return ReportModel.from_pretrained(path, device=device, lean=lean)
+    align = channels_last(MultiMedCLIP.from_pretrained(path, lean=lean))
     return Embedder(align, device=device, ood=load_for(align, Path(path)))
