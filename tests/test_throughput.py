@@ -170,12 +170,14 @@ def test_benchmark_main_runs(checkpoint, threads):
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output.strip().splitlines()[-1])
     assert figures["inputs"] == 2 and figures["chosen_precision"] == "bf16"
-    assert set(figures["runs"]) == {"fp32", "bf16"}
+    assert set(figures["runs"]) == {"fp32", "bf16", throughput.TRAINING_NETWORKS}
     fp32 = figures["runs"]["fp32"]
     assert set(fp32["stages"]) == {"image_tower", "bridge", "encoder", "decode_steps"}
     assert fp32["gflop"] > 0 and fp32["model_ratio_to_peak"] > 0
     assert figures["peak_gflops_per_s"] >= figures["matmul_gflops_per_s"]["fp32"]
     assert figures["agreement"]["of"] == 2 and 0 <= figures["agreement"]["bleu4"] <= 100
+    lean = figures["lean_against_training_networks"]  # the same reports, on either networks
+    assert lean["identical"] == 2 and lean["model_speed_up"] > 0
 
 
 def test_benchmark_prints_figures(checkpoint, threads):

@@ -86,11 +86,13 @@ def workload_options(command):
     return command
 
 
-def loaded_model(checkpoint: Path | None, threads: int | None) -> ReportModel:
-    """The report model to measure (the bundled one by default), with `threads` set."""
+def loaded_model(checkpoint: Path | None, threads: int | None, lean: bool = True
+                 ) -> ReportModel:
+    """The report model to measure (the bundled one by default), with `threads` set; on the
+    plain-torch networks unless not `lean` (see :meth:`ReportModel.from_pretrained`)."""
     if threads:
         torch.set_num_threads(threads)
-    return ReportModel.from_pretrained(checkpoint or default_model_dir())
+    return ReportModel.from_pretrained(checkpoint or default_model_dir(), lean=lean)
 
 
 def benchmark_inputs(images: Path | None, modality: str, count: int, scratch: Path

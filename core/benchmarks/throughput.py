@@ -13,6 +13,9 @@ GFLOP/s beside a 2048×2048 matmul measured in the same run::
 The peak is the best matmul figure (fp32, or bf16 where it is native); the ratio that counts
 is achieved / peak, since both move together with the load on the machine.  When a second
 precision runs, its reports are compared with fp32's: identical count and corpus BLEU-4.
+The same fp32 stages also run on the networks training uses (transformers' BART and BERT,
+timm's ResNet; ``ReportModel.from_pretrained(lean=False)``), the baseline of the plain-torch
+ones of :mod:`m3fm.lean` that ``m3fm run`` uses; their reports are compared too.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from m3fm.generation.reporting import ReportModel
 from m3fm.imaging import preprocess
 from m3fm.registry import get_registry
 
+TRAINING_NETWORKS = "fp32, training networks"
+"""The run on transformers' and timm's networks (the baseline of m3fm.lean's)."""
 MATMUL_SIZE = 2048
 REPEATS = 2
 """Timed runs of each stage and of the whole path; the best counts."""
@@ -161,6 +166,9 @@ def main(checkpoint: Path | None, modality: str, lang: str, count: int, images: 
         runs = {"fp32": run_precision(model, inputs, tensors, modality, lang, "fp32")}
         if chosen != "fp32":
             runs[chosen] = run_precision(model, inputs, tensors, modality, lang, chosen)
+        baseline = loaded_model(checkpoint, threads, lean=False)
+        runs[TRAINING_NETWORKS] = run_precision(baseline, inputs, tensors, modality, lang,
+                                                "fp32")
     best = max(value for value in peak.values() if value is not None)
     figures = {
         "inputs": len(inputs), "threads": torch.get_num_threads(), "device": str(device),
@@ -174,6 +182,10 @@ def main(checkpoint: Path | None, modality: str, lang: str, count: int, images: 
         run["run_ratio_to_peak"] = round(run["run_gflops_per_s"] / best, 4)
     if chosen != "fp32":
         figures["agreement"] = agreement(runs["fp32"][1], runs[chosen][1], lang)
+    figures["lean_against_training_networks"] = {
+        **agreement(runs[TRAINING_NETWORKS][1], runs["fp32"][1], lang),
+        "model_speed_up": round(figures["runs"][TRAINING_NETWORKS]["model_seconds"]
+                                / figures["runs"]["fp32"]["model_seconds"], 2)}
     if as_json:
         click.echo(json.dumps(figures))
         return
@@ -201,6 +213,10 @@ def _print(figures: dict) -> None:
         agree = figures["agreement"]
         click.echo(f"\n{figures['chosen_precision']} reports against fp32: {agree['identical']} "
                    f"of {agree['of']} identical, corpus BLEU-4 {agree['bleu4']}")
+    lean = figures["lean_against_training_networks"]
+    click.echo(f"fp32 against the training networks: {lean['identical']} of {lean['of']} "
+               f"identical, corpus BLEU-4 {lean['bleu4']}; model stages "
+               f"{lean['model_speed_up']:.2f}x as fast")
 
 
 if __name__ == "__main__":
