@@ -4,6 +4,8 @@ loaded lean writes what the transformers one writes."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import REPO
@@ -69,6 +71,14 @@ def test_a_folder_the_lean_tokenizer_cannot_read_is_left_to_transformers(tmp_pat
     assert lean_tokenizer(tmp_path) is None  # no files at all
     (tmp_path / "tokenizer.json").write_text("{not json")
     (tmp_path / "tokenizer_config.json").write_text('{"tokenizer_class": "BertTokenizer"}')
+    assert lean_tokenizer(tmp_path) is None
+
+
+def test_a_tokenizer_with_extra_special_tokens_is_left_to_transformers(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path)
+    config = tmp_path / "tokenizer_config.json"
+    settings = json.loads(config.read_text())
+    config.write_text(json.dumps({**settings, "extra_special_tokens": ["[FINDING]"]}))
     assert lean_tokenizer(tmp_path) is None
 
 
@@ -141,6 +151,7 @@ def test_the_bundled_model_loaded_lean_writes_the_same_reports_and_probabilities
     full = ReportModel.from_pretrained(default_model_dir(), lean=False)
     assert isinstance(lean.generator.bart, LeanBart)
     assert isinstance(lean.model.text_encoder, LeanBert)
+    assert isinstance(lean.model.tokenizer, LeanTokenizer)
     assert not isinstance(full.generator.bart, LeanBart)
     samples = REPO / "plugins" / "samples"
     for modality in ("ct", "cxr"):

@@ -31,6 +31,8 @@ def lean_tokenizer(folder: Path) -> LeanTokenizer | None:
         return None
     if not isinstance(settings, dict) or settings.get("tokenizer_class") not in FAST_CLASSES:
         return None
+    if settings.get("additional_special_tokens") or settings.get("extra_special_tokens"):
+        return None  # transformers counts them among the special ids; kept simple here
     special = {key: value for key, value in settings.items()
                if key.endswith("_token") and isinstance(value, str)}
     if any(backend.token_to_id(token) is None for token in special.values()):
