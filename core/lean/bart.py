@@ -52,10 +52,12 @@ class _Attention(nn.Module):
         batch, length, _ = states.shape
         return projection(states).view(batch, length, self.heads, -1).transpose(1, 2)
 
-    def attend(self, states: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-               causal: bool = False) -> torch.Tensor:
+    def attend(self, states: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+               ) -> torch.Tensor:
+        """`states` attending to every one of `keys` (no mask: the encoder's positions, or a
+        decoder step's own and earlier ones)."""
         query = self.split(states, self.q_proj)
-        out = F.scaled_dot_product_attention(query, keys, values, is_causal=causal)
+        out = F.scaled_dot_product_attention(query, keys, values)
         return self.out_proj(out.transpose(1, 2).reshape(states.shape))
 
 
@@ -94,13 +96,11 @@ class _DecoderLayer(_FeedForward):
         self.encoder_attn_layer_norm = nn.LayerNorm(width)
 
     def forward(self, hidden: torch.Tensor, cache: _LayerCache) -> torch.Tensor:
-        """One step (or the first steps) of new positions, appending their keys and values."""
+        """One decoding step (`hidden`: B × 1 × W), appending its key and value to `cache`."""
         attention = self.self_attn
         keys, values = cache.append(attention.split(hidden, attention.k_proj),
                                     attention.split(hidden, attention.v_proj))
-        causal = hidden.shape[1] > 1  # several new positions at once: mask the later ones
-        hidden = self.self_attn_layer_norm(
-            hidden + attention.attend(hidden, keys, values, causal=causal))
+        hidden = self.self_attn_layer_norm(hidden + attention.attend(hidden, keys, values))
         hidden = self.encoder_attn_layer_norm(
             hidden + self.encoder_attn.attend(hidden, cache.encoder_keys, cache.encoder_values))
         return self.feed_forward(hidden)
@@ -179,11 +179,11 @@ class LeanBart(nn.Module):
         """The encoder, called as ``encoder(inputs_embeds=…)``, as transformers names it."""
         return self.model.encoder
 
-    def decode_step(self, ids: torch.Tensor, start: int, caches: Sequence[_LayerCache]
+    def decode_step(self, ids: torch.Tensor, position: int, caches: Sequence[_LayerCache]
                     ) -> torch.Tensor:
-        """Next-token logits (B, vocab) after `ids` (B, T) written at positions start…"""
+        """Next-token logits (B, vocab) after the tokens `ids` (B, 1) written at `position`."""
         decoder = self.model.decoder
-        hidden = self.model.shared(ids) * self.embed_scale + decoder.positions(start, ids.shape[1])
+        hidden = self.model.shared(ids) * self.embed_scale + decoder.positions(position, 1)
         hidden = decoder.layernorm_embedding(hidden)
         for layer, cache in zip(decoder.layers, caches, strict=True):
             hidden = layer(hidden, cache)
